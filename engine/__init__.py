@@ -1,0 +1,1 @@
+"""Curtailment → bitcoin reconciliation engine."""

@@ -1,0 +1,98 @@
+"""Settings (built once from `ENGINE_*` variables and flags) and the miner models."""
+
+from __future__ import annotations
+
+import math
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from engine.errors import InputError
+
+#: Reference data that ships with the project: farm list, 2024 difficulty, miner models.
+REFERENCE_DIR = Path(__file__).resolve().parent.parent / "data"
+
+
+@dataclass(frozen=True)
+class MinerModel:
+    name: str
+    hashrate_th: float
+    power_w: float
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a run depends on besides its arguments. Build it with `Settings.from_env`."""
+
+    database_url: str | None = None  # None: the embedded server under data_dir
+    data_dir: Path = Path("data")
+    miner_models_file: Path = REFERENCE_DIR / "miner_models.toml"
+    lock_timeout_ms: int = 5_000
+    statement_timeout_ms: int = 300_000
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+        """Read `ENGINE_DATABASE_URL`, `ENGINE_DATA_DIR`, `ENGINE_MINER_MODELS`,
+        `ENGINE_LOCK_TIMEOUT_MS` and `ENGINE_STATEMENT_TIMEOUT_MS`; `overrides` win."""
+        env = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        if url := env.get("ENGINE_DATABASE_URL"):
+            values["database_url"] = url
+        if data_dir := env.get("ENGINE_DATA_DIR"):
+            values["data_dir"] = Path(data_dir)
+        if models := env.get("ENGINE_MINER_MODELS"):
+            values["miner_models_file"] = Path(models)
+        for name, key in (("ENGINE_LOCK_TIMEOUT_MS", "lock_timeout_ms"),
+                          ("ENGINE_STATEMENT_TIMEOUT_MS", "statement_timeout_ms")):
+            if name in env:
+                values[key] = _positive_int(name, env[name])
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)  # type: ignore[arg-type]
+
+    def with_(self, **changes: object) -> Settings:
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+
+def _positive_int(name: str, text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise InputError(f"{name}={text!r} is not a whole number") from None
+    if value <= 0:
+        raise InputError(f"{name} must be positive, not {value}")
+    return value
+
+
+_MODEL_KEYS = {"hashrate_th", "power_w"}
+
+
+def load_miner_models(path: Path) -> tuple[MinerModel, ...]:
+    """Read the miner models from a TOML file of `[NAME] hashrate_th = … power_w = …` tables.
+
+    Raises `InputError` for a missing file, an unknown or missing key, or a non-positive number.
+    """
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise InputError(f"miner models file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as error:
+        raise InputError(f"miner models file {path} is not valid TOML: {error}") from None
+    models = []
+    for name, spec in raw.items():
+        if not isinstance(spec, dict) or set(spec) != _MODEL_KEYS:
+            raise InputError(
+                f"miner model {name!r} in {path} must have exactly the keys "
+                f"{', '.join(sorted(_MODEL_KEYS))}"
+            )
+        numbers = {key: spec[key] for key in _MODEL_KEYS}
+        for key, value in numbers.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+                math.isfinite(value) and value > 0
+            ):
+                raise InputError(f"miner model {name!r}: {key} must be a positive number")
+        models.append(MinerModel(name, float(numbers["hashrate_th"]), float(numbers["power_w"])))
+    if not models:
+        raise InputError(f"miner models file {path} defines no model")
+    return tuple(models)

@@ -1,0 +1,115 @@
+"""`engine demo`: fill a database with realistic synthetic data and reconcile it.
+
+It replaces all data in the engine's tables, so it runs only on the embedded server or on a
+database whose tables are empty.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import date
+from decimal import Decimal
+from typing import Any
+
+from engine import db, formula, schema
+from engine.config import REFERENCE_DIR, Settings, load_miner_models
+from engine.demo import generate
+from engine.errors import InputError
+from engine.months import Month
+from engine.pipeline import MonthResult, StepCallback, open_session, reconcile_month
+
+log = logging.getLogger(__name__)
+
+DEMO_TABLES = ("curtailment_records", "historical_bitcoin_calculations", "bitcoin_difficulty",
+               "bitcoin_daily_summaries", "bitcoin_monthly_summaries", "bitcoin_yearly_summaries",
+               "reconciliation_progress", "reconciliation_runs")
+_COUNT_ROWS = """SELECT (SELECT count(*) FROM curtailment_records)
+                   + (SELECT count(*) FROM historical_bitcoin_calculations)"""
+_TRUNCATE = f"TRUNCATE {', '.join(DEMO_TABLES)} RESTART IDENTITY"
+
+
+@dataclass(frozen=True)
+class DemoData:
+    curtailment_records: int
+    expected_rows: int
+    present_rows: int
+    difficulty_dates: int
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"curtailment_records": self.curtailment_records, "expected_rows": self.expected_rows,
+                "present_rows": self.present_rows, "difficulty_dates": self.difficulty_dates,
+                "seconds": round(self.seconds, 3)}
+
+
+@dataclass(frozen=True)
+class DemoResult:
+    data: DemoData
+    months: list[MonthResult] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def exit_code(self) -> int:
+        return max((m.exit_code for m in self.months), default=0)
+
+    def totals(self) -> dict[str, int]:
+        keys = ("expected", "present_before", "inserted", "verified")
+        return {k: sum(m.rows.get(k, 0) for m in self.months) for k in keys}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"data": self.data.to_dict(), "totals": self.totals(),
+                "seconds": round(self.seconds, 3), "months": [m.to_dict() for m in self.months]}
+
+
+def fill_database(url: str, months: list[Month], *, embedded: bool, seed: int = 2024) -> DemoData:
+    """Generate the demo data for `months` and write it, replacing what the tables held.
+
+    Raises `InputError` on a non-embedded database whose tables already hold rows.
+    """
+    start = time.perf_counter()
+    schema.init_schema(url)
+    with db.connect(url) as conn, db.translated_errors(url), conn.cursor() as cursor:
+        if not embedded and db.fetch_all(cursor, _COUNT_ROWS)[0][0]:
+            raise InputError("the demo replaces all data; on a database other than the embedded "
+                             "one it runs only when the tables are empty")
+    models = load_miner_models(REFERENCE_DIR / "miner_models.toml")
+    farms = generate.load_farms(REFERENCE_DIR / "bmu_mapping.json")
+    records = generate.curtailment(months, farms, seed=seed)
+    real = {date.fromisoformat(d): Decimal(v) for d, v in
+            json.loads((REFERENCE_DIR / "difficulty_2024.json").read_text()).items()}
+    difficulty = generate.difficulty(months, real)
+    expected = formula.expected_rows(records, difficulty, models)
+    present = generate.backlog(expected)
+    with db.connect(url) as conn, db.translated_errors(url), conn.cursor() as cursor:
+        cursor.execute(_TRUNCATE)
+        cursor.adbc_ingest("curtailment_records", records.to_arrow(), mode="append")
+        cursor.adbc_ingest("bitcoin_difficulty", difficulty.to_arrow(), mode="append")
+        cursor.adbc_ingest(schema.CALCULATIONS, present.to_arrow(), mode="append")
+        conn.commit()
+    with db.connect(url, autocommit=True) as conn, conn.cursor() as cursor:
+        cursor.execute("ANALYZE curtailment_records")
+        cursor.execute(f"ANALYZE {schema.CALCULATIONS}")
+    return DemoData(records.height, expected.height, present.height, difficulty.height,
+                    time.perf_counter() - start)
+
+
+def run_demo(settings: Settings, months: list[Month], *, url: str | None = None,
+             on_month: Callable[[MonthResult], None] | None = None,
+             on_step: StepCallback | None = None) -> DemoResult:
+    """Fill the database with demo data for `months`, then reconcile each month in turn."""
+    start = time.perf_counter()
+    url = url or db.resolve_url(settings.database_url, settings.data_dir)
+    data = fill_database(url, months, embedded=settings.database_url is None)
+    results = []
+    with open_session(settings, url) as session:
+        for month in months:
+            result = reconcile_month(session, month, command="demo", on_step=on_step)
+            results.append(result)
+            if on_month:
+                on_month(result)
+    return DemoResult(data, results, time.perf_counter() - start)
+

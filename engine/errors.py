@@ -1,0 +1,50 @@
+"""Errors the engine raises on purpose, each with the exit code the CLI returns for it.
+
+Anything that is not an `EngineError` is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import date
+
+
+class EngineError(Exception):
+    """A failure the user can act on; `str(error)` is the one line the CLI prints."""
+
+    exit_code = 2
+
+
+class InputError(EngineError):
+    """Bad command-line input, a bad file or a bad setting."""
+
+
+class DatabaseUnavailable(EngineError):
+    """The database cannot be reached or refused the connection."""
+
+
+class SchemaError(EngineError):
+    """The database lacks a table or column the engine needs."""
+
+
+class SourceDataError(EngineError):
+    """The month's source rows cannot be reconciled as they are (the message says why)."""
+
+
+class MissingDifficulty(SourceDataError):
+    """Dates with qualifying curtailment but no row in `bitcoin_difficulty`."""
+
+    def __init__(self, dates: Iterable[date]) -> None:
+        self.dates = sorted(set(dates))
+        shown = ", ".join(d.isoformat() for d in self.dates[:10])
+        more = f" and {len(self.dates) - 10} more" if len(self.dates) > 10 else ""
+        super().__init__(
+            f"no difficulty for {len(self.dates)} date(s) with curtailment: {shown}{more}; "
+            "load them with `engine difficulty load FILE`"
+        )
+
+
+class VerificationFailed(EngineError):
+    """The after-load parity checks did not all pass."""
+
+    exit_code = 1

@@ -1,0 +1,99 @@
+-- Idempotent: creates what is missing, never drops or rewrites anything.
+
+-- The production tables, as production has them.
+CREATE TABLE IF NOT EXISTS curtailment_records (
+    id serial PRIMARY KEY,
+    settlement_date date NOT NULL,
+    settlement_period integer NOT NULL,
+    farm_id text NOT NULL,
+    lead_party_name text,
+    volume numeric NOT NULL,
+    payment numeric NOT NULL,
+    original_price numeric NOT NULL,
+    final_price numeric NOT NULL,
+    so_flag boolean,
+    cadl_flag boolean,
+    created_at timestamp DEFAULT now()
+);
+
+CREATE TABLE IF NOT EXISTS historical_bitcoin_calculations (
+    id serial PRIMARY KEY,
+    settlement_date date NOT NULL,
+    settlement_period integer NOT NULL,
+    farm_id text NOT NULL,
+    miner_model text NOT NULL,
+    bitcoin_mined numeric NOT NULL,
+    difficulty numeric NOT NULL,
+    calculated_at timestamp DEFAULT now()
+);
+
+CREATE TABLE IF NOT EXISTS bitcoin_daily_summaries (
+    id serial PRIMARY KEY,
+    summary_date date NOT NULL,
+    miner_model text NOT NULL,
+    bitcoin_mined numeric NOT NULL,
+    created_at timestamp DEFAULT now(),
+    updated_at timestamp DEFAULT now()
+);
+
+CREATE TABLE IF NOT EXISTS bitcoin_monthly_summaries (
+    id serial PRIMARY KEY,
+    year_month text NOT NULL,
+    miner_model text NOT NULL,
+    bitcoin_mined numeric NOT NULL,
+    created_at timestamp DEFAULT now(),
+    updated_at timestamp DEFAULT now()
+);
+
+CREATE TABLE IF NOT EXISTS bitcoin_yearly_summaries (
+    id serial PRIMARY KEY,
+    year text NOT NULL,
+    miner_model text NOT NULL,
+    bitcoin_mined numeric NOT NULL,
+    created_at timestamp DEFAULT now(),
+    updated_at timestamp DEFAULT now()
+);
+
+-- The engine's own tables.
+CREATE TABLE IF NOT EXISTS bitcoin_difficulty (
+    settlement_date date PRIMARY KEY,
+    difficulty numeric NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS reconciliation_runs (
+    id bigserial PRIMARY KEY,
+    month text NOT NULL,
+    command text NOT NULL,
+    formula text NOT NULL,
+    dry_run boolean NOT NULL DEFAULT false,
+    status text NOT NULL
+        CHECK (status IN ('running', 'loaded', 'verified', 'unverified', 'failed', 'nothing_to_do')),
+    arguments jsonb NOT NULL DEFAULT '{}',
+    rows jsonb,
+    timings jsonb,
+    verdict jsonb,
+    error text,
+    pid integer,
+    started_at timestamptz NOT NULL DEFAULT now(),
+    finished_at timestamptz
+);
+
+CREATE TABLE IF NOT EXISTS reconciliation_progress (
+    month text PRIMARY KEY,
+    status text NOT NULL
+        CHECK (status IN ('not_started', 'in_progress', 'completed', 'failed')),
+    expected_rows bigint,
+    present_rows bigint,
+    inserted_rows bigint,
+    missing_rows bigint,
+    drift_rows bigint,
+    orphan_rows bigint,
+    duplicate_rows bigint,
+    percent_complete numeric(6, 2),
+    attempts integer NOT NULL DEFAULT 0,
+    last_error text,
+    last_run_id bigint,
+    started_at timestamptz,
+    finished_at timestamptz,
+    updated_at timestamptz NOT NULL DEFAULT now()
+);
