@@ -44,6 +44,16 @@ class MissingDifficulty(SourceDataError):
         )
 
 
+class MonthBusy(EngineError):
+    """Another process holds the month's advisory lock."""
+
+    def __init__(self, month: object, pid: int | None) -> None:
+        self.month, self.pid = month, pid
+        holder = f" (PostgreSQL backend pid {pid})" if pid else ""
+        super().__init__(f"{month} is being reconciled by another process{holder}; "
+                         "nothing was done")
+
+
 class VerificationFailed(EngineError):
     """The after-load parity checks did not all pass."""
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from engine import db, diff, extract, formula, load, progress, schema, verify
 from engine.config import MinerModel, Settings, load_miner_models
-from engine.errors import EngineError
+from engine.errors import EngineError, MonthBusy
 from engine.months import Month
 from engine.paths import Layout, write_parquet
 
@@ -111,6 +111,30 @@ def reconcile_month(
     the month's progress row then shows `failed` with the message. With `dry_run` nothing is
     written to the database; the Parquet files are still written.
     """
+    if dry_run:
+        return _reconcile(session, month, dry_run, version, command, on_step)
+    with _month_lock(session, month):
+        return _reconcile(session, month, dry_run, version, command, on_step)
+
+
+@contextmanager
+def _month_lock(session: Session, month: Month) -> Iterator[None]:
+    """Hold the month's advisory lock for the run; raise `MonthBusy` if another process has it."""
+    with db.translated_errors(session.url), session.transaction() as cursor:
+        if not progress.try_lock_month(cursor, month):
+            raise MonthBusy(month, progress.lock_holder(cursor, month))
+    try:
+        yield
+    finally:
+        try:
+            with db.translated_errors(session.url), session.transaction() as cursor:
+                progress.unlock_month(cursor, month)
+        except EngineError:  # the connection is gone, and the lock with it
+            log.debug("could not release the lock of %s", month, exc_info=True)
+
+
+def _reconcile(session: Session, month: Month, dry_run: bool, version: str, command: str,
+               on_step: StepCallback | None) -> MonthResult:
     steps = _Steps(month, on_step)
     layout = session.layout
     with db.translated_errors(session.url):

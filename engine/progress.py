@@ -48,6 +48,41 @@ WHERE id = $1
 """
 
 
+# Advisory locks: one per month, keyed (engine, year * 100 + month). Session-level, so a
+# process that dies releases its months at once; a row left `in_progress` whose lock is free
+# is stale and the next runner takes it over.
+LOCK_CLASS = 0x656E67  # "eng"
+TRY_LOCK = "SELECT pg_try_advisory_lock($1::int4, $2::int4)"
+UNLOCK = "SELECT pg_advisory_unlock($1::int4, $2::int4)"
+LOCK_HOLDER = """
+SELECT pid FROM pg_locks
+WHERE locktype = 'advisory' AND classid = $1::int8::oid AND objid = $2::int8::oid AND objsubid = 2
+  AND granted LIMIT 1
+"""
+
+
+def try_lock_month(cursor: db.Cursor, month: Month) -> bool:
+    """Take the month's advisory lock if it is free; return whether we hold it now."""
+    cursor.execute(TRY_LOCK, _lock_key(month))
+    row = cursor.fetchone()
+    return bool(row and row[0])
+
+
+def unlock_month(cursor: db.Cursor, month: Month) -> None:
+    cursor.execute(UNLOCK, _lock_key(month))
+    cursor.fetchall()
+
+
+def lock_holder(cursor: db.Cursor, month: Month) -> int | None:
+    """The backend pid that holds the month's lock, if any."""
+    rows = db.fetch_all(cursor, LOCK_HOLDER, _lock_key(month))
+    return int(rows[0][0]) if rows else None
+
+
+def _lock_key(month: Month) -> tuple[int, int]:
+    return LOCK_CLASS, month.year * 100 + month.month
+
+
 def start_run(cursor: db.Cursor, month: Month, command: str, formula: str,
               arguments: Mapping[str, Any]) -> int:
     """Insert a `running` run row, mark the month `in_progress`; return the run id."""

@@ -6,8 +6,9 @@ from datetime import date
 
 import pytest
 
+from engine import db, progress
 from engine.config import Settings
-from engine.errors import MissingDifficulty, SourceDataError
+from engine.errors import MissingDifficulty, MonthBusy, SourceDataError
 from engine.months import Month
 from engine.pipeline import MonthResult, open_session, reconcile_month
 from tests.conftest import calculations, execute, insert_curtailment, insert_difficulty
@@ -206,3 +207,16 @@ def test_without_the_unique_index_the_engine_still_adds_no_duplicate(settings, d
     assert result.status == "verified"
     assert result.rows["duplicates"] == 2 and result.rows["inserted"] == 8
     assert len(calculations(database_url)) == 10  # 9 keys, one of them twice as before
+
+
+def test_a_month_another_process_is_reconciling_is_left_alone(settings, database_url):
+    seed_december(database_url)
+    with db.connect(database_url) as other, other.cursor() as cursor:
+        assert progress.try_lock_month(cursor, DECEMBER)
+        other.commit()
+
+        with pytest.raises(MonthBusy, match="2023-12 is being reconciled by another process"):
+            reconcile(settings)
+
+    assert calculations(database_url) == []
+    assert reconcile(settings).status == "verified"  # the lock went with the other session

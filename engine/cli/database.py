@@ -1,0 +1,64 @@
+"""`engine db …` and `engine difficulty …`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from engine import db, report
+from engine.cli import JsonOption, db_app, difficulty_app, emit, err, handled, resolve_database
+from engine.config import Settings
+
+
+@db_app.command("init")
+@handled
+def db_init(as_json: JsonOption = False) -> None:
+    """Create the tables and indexes that are missing. Never drops or rewrites data."""
+    from engine.schema import init_schema
+
+    result = init_schema(resolve_database(Settings.from_env()))
+    emit(result.to_dict() if as_json else report.init_summary(result), as_json)
+
+
+@db_app.command("status")
+@handled
+def db_status(as_json: JsonOption = False) -> None:
+    """Show whether the embedded PostgreSQL is running, where, and its URL."""
+    from engine.embedded import EmbeddedServer
+
+    settings = Settings.from_env()
+    if settings.database_url and not as_json:
+        err.print(f"note: ENGINE_DATABASE_URL is set ({db.mask_url(settings.database_url)}); "
+                  "the embedded server is not used")
+    status = EmbeddedServer(settings.data_dir / "postgres").status()
+    emit(status.to_dict() if as_json else report.server_summary(status), as_json)
+
+
+@db_app.command("stop")
+@handled
+def db_stop() -> None:
+    """Stop the embedded PostgreSQL (it starts again on the next command that needs it)."""
+    from engine.embedded import EmbeddedServer
+
+    stopped = EmbeddedServer(Settings.from_env().data_dir / "postgres").stop()
+    typer.echo("stopped" if stopped else "it was not running")
+
+
+@difficulty_app.command("load")
+@handled
+def difficulty_load(
+    file: Annotated[Path, typer.Argument(help='JSON {"YYYY-MM-DD": value} or CSV date,difficulty.')],
+    as_json: JsonOption = False,
+) -> None:
+    """Import daily difficulty; new dates are inserted, changed values updated."""
+    from engine.difficulty import load_difficulty, read_difficulty_file
+
+    frame = read_difficulty_file(file)
+    settings = Settings.from_env()
+    url = resolve_database(settings)
+    with db.connect(url) as conn, db.translated_errors(url):
+        result = load_difficulty(conn, frame, lock_timeout_ms=settings.lock_timeout_ms,
+                                 statement_timeout_ms=settings.statement_timeout_ms)
+    emit(result.to_dict() if as_json else report.difficulty_summary(result), as_json)
