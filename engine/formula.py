@@ -84,15 +84,55 @@ def formula_v1(
     A second farm curtailing 10 MWh in the same period pools with it (20 MWh, 13114 miners)
     and each gets round8(0.01717504 * 10 / 20) = 0.00858752.
     """
+    return _pooled_formula(curtailment, difficulty, models, "v1")
+
+
+@register("halving")
+def formula_halving(
+    curtailment: pl.DataFrame, difficulty: pl.DataFrame, models: Sequence[MinerModel]
+) -> pl.DataFrame:
+    """Formula v1 with the block reward of the day: 6.25 BTC before the halving of
+    2024-04-20, 3.125 from that day on. Opt-in (`--formula halving`); production used v1.
+
+    Worked example: the v1 example on 2023-12-01 (10 MWh, difficulty 1e14, S19J_PRO) gives
+    round8(6557 * 100 / 715827882.6666666 * 6.25 * 3) = 0.01717504; on 2024-04-20 and later
+    it equals v1.
+    """
+    return _pooled_formula(curtailment, difficulty, models, "halving")
+
+
+#: The first day of the 3.125 BTC block reward (the fourth halving).
+HALVING_DAY = date(2024, 4, 20)
+REWARD_BEFORE_HALVING = 6.25
+
+
+def block_rewards(dates: pl.Series, version: str = "v1") -> np.ndarray:
+    """The block reward each formula version uses on each date (float64, one per element).
+
+    `v1` uses 3.125 throughout (what production did); `halving` uses 6.25 before 2024-04-20.
+    """
+    if version == "halving":
+        before = (dates < HALVING_DAY).fill_null(False).to_numpy()
+        return np.where(before, REWARD_BEFORE_HALVING, BLOCK_REWARD)
+    if version in FORMULAS:
+        return np.full(dates.len(), BLOCK_REWARD)
+    raise ValueError(f"unknown formula {version!r}; known: {', '.join(FORMULAS)}")
+
+
+def _pooled_formula(curtailment: pl.DataFrame, difficulty: pl.DataFrame,
+                    models: Sequence[MinerModel], version: str) -> pl.DataFrame:
     periods = pooled_periods(curtailment)
     rows = _with_difficulty(periods, difficulty)
     farm_mwh = rows["farm_volume"].cast(pl.Float64).to_numpy()
     period_mwh = rows["period_volume"].cast(pl.Float64).to_numpy()
     network_th = network_terahash(rows["difficulty"].cast(pl.Float64).to_numpy())
+    reward = block_rewards(rows["settlement_date"], version)
     frames = []
     for model in models:
         miners = np.floor(period_mwh * 1000.0 / (model.power_w / 1000.0 * 0.5))
-        period_btc = round8(miners * model.hashrate_th / network_th * BLOCK_REWARD * BLOCKS_PER_PERIOD)
+        # The same float64 operations in the same order as v1 always had; a 3.125 array
+        # multiplies exactly as the 3.125 constant did.
+        period_btc = round8(miners * model.hashrate_th / network_th * reward * BLOCKS_PER_PERIOD)
         farm_units = round8_units(period_btc * farm_mwh / period_mwh)
         frames.append(
             rows.select(
@@ -123,13 +163,16 @@ def pooled_periods(curtailment: pl.DataFrame) -> pl.DataFrame:
 
 
 def validate_source(curtailment: pl.DataFrame) -> None:
-    """Raise `SourceDataError` for null volumes or periods outside the day's 46/48/50."""
-    nulls = curtailment.filter(pl.col("volume").is_null() | pl.col("farm_id").is_null())
+    """Raise `SourceDataError` for a null in a key or the volume, or a period outside the
+    day's 46/48/50."""
+    required = [*SOURCE_KEY, "volume"]
+    nulls = curtailment.filter(pl.any_horizontal(pl.col(required).is_null()))
     if nulls.height:
         first = nulls.row(0, named=True)
+        empty = " or ".join(c.removeprefix("settlement_") for c in required if first[c] is None)
         raise SourceDataError(
-            f"{nulls.height} curtailment record(s) have no volume or farm id "
-            f"(first: {first['settlement_date']} period {first['settlement_period']})"
+            f"{nulls.height} curtailment record(s) have no {empty} (first: "
+            f"{first['settlement_date']} period {first['settlement_period']} farm {first['farm_id']})"
         )
     limits = pl.DataFrame(
         {"settlement_date": days, "last_period": [periods_in_day(d) for d in days]},
@@ -154,18 +197,21 @@ def network_terahash(difficulty: np.ndarray) -> np.ndarray:
     return difficulty * 2.0**32 / 600.0 / 1e12
 
 
-def one_miner_btc(difficulty: pl.DataFrame, models: Sequence[MinerModel]) -> pl.DataFrame:
-    """Bitcoin one miner of each model earns in one period at each date's difficulty.
+def one_miner_btc(difficulty: pl.DataFrame, models: Sequence[MinerModel],
+                  version: str = "v1") -> pl.DataFrame:
+    """Bitcoin one miner of each model earns in one period at each date's difficulty (with
+    the block reward formula `version` uses on that date).
 
     This is the drift tolerance: summing |volume| in another order can move `miners` by one
     on an exact boundary, and never by more.
     """
     network_th = network_terahash(difficulty["difficulty"].cast(pl.Float64).to_numpy())
+    reward = block_rewards(difficulty["settlement_date"], version)
     return pl.concat([
         difficulty.select(
             "settlement_date",
             pl.lit(model.name).alias("miner_model"),
-            pl.Series("tolerance", model.hashrate_th / network_th * BLOCK_REWARD * BLOCKS_PER_PERIOD),
+            pl.Series("tolerance", model.hashrate_th / network_th * reward * BLOCKS_PER_PERIOD),
         )
         for model in models
     ])
@@ -247,7 +293,9 @@ def v1_reference(
 __all__ = [
     "EXPECTED_SCHEMA",
     "FORMULAS",
+    "HALVING_DAY",
     "KEY",
+    "block_rewards",
     "date",
     "expected_rows",
     "one_miner_btc",

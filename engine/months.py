@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo
 
 from engine.errors import InputError
 
-_MONTH = re.compile(r"(\d{4})-(\d{2})")
+_MONTH = re.compile(r"([0-9]{4})-([0-9]{2})")
 _LONDON = ZoneInfo("Europe/London")
 
 
