@@ -6,7 +6,7 @@ import math
 import os
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from engine.errors import InputError
@@ -31,6 +31,8 @@ class Settings:
     miner_models_file: Path = REFERENCE_DIR / "miner_models.toml"
     lock_timeout_ms: int = 5_000
     statement_timeout_ms: int = 300_000
+    # A Slack-compatible incoming webhook; its URL is a secret, so it stays out of repr().
+    alert_webhook: str | None = field(default=None, repr=False)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -48,6 +50,11 @@ class Settings:
                           ("ENGINE_STATEMENT_TIMEOUT_MS", "statement_timeout_ms")):
             if name in env:
                 values[key] = _positive_int(name, env[name])
+        # ENGINE_ALERT_WEBHOOK: where alerts are posted (engine.alerts).
+        if webhook := env.get("ENGINE_ALERT_WEBHOOK"):
+            if not webhook.startswith(("http://", "https://")):
+                raise InputError("ENGINE_ALERT_WEBHOOK must be an http:// or https:// URL")
+            values["alert_webhook"] = webhook
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]
 

@@ -20,13 +20,17 @@ SOURCE_DATE_INDEX = "curtailment_records_settlement_date_idx"
 TABLES = (
     "curtailment_records", CALCULATIONS, "bitcoin_daily_summaries", "bitcoin_monthly_summaries",
     "bitcoin_yearly_summaries", "bitcoin_difficulty", "reconciliation_runs",
-    "reconciliation_progress",
+    "reconciliation_progress", "reconciliation_backfills",
 )
 
 REQUIRED_COLUMNS = {
     "curtailment_records": {"id", "settlement_date", "settlement_period", "farm_id", "volume"},
     CALCULATIONS: {"id", *KEY_COLUMNS, "bitcoin_mined", "difficulty", "calculated_at"},
     "bitcoin_difficulty": {"settlement_date", "difficulty"},
+    # The engine's own tables, with the newest columns it writes (`engine db init` adds them).
+    "reconciliation_runs": {"backfill_id", "causes", "repairs", "summaries", "undo_of", "undone_by"},
+    "reconciliation_progress": {"source_records", "last_error_kind", "last_error_at", "retries"},
+    "reconciliation_backfills": {"id", "throttle"},
 }
 
 _EXISTING_TABLES = """

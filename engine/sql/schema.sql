@@ -97,3 +97,50 @@ CREATE TABLE IF NOT EXISTS reconciliation_progress (
     finished_at timestamptz,
     updated_at timestamptz NOT NULL DEFAULT now()
 );
+
+-- One row per `engine run` / `engine scheduled`: its plan, counts and throttle decisions.
+CREATE TABLE IF NOT EXISTS reconciliation_backfills (
+    id bigserial PRIMARY KEY,
+    command text NOT NULL,
+    status text NOT NULL CHECK (status IN ('running', 'completed', 'failed', 'interrupted')),
+    arguments jsonb NOT NULL DEFAULT '{}',
+    plan jsonb NOT NULL DEFAULT '[]',
+    jobs integer NOT NULL DEFAULT 1,
+    months_verified integer NOT NULL DEFAULT 0,
+    months_failed integer NOT NULL DEFAULT 0,
+    months_skipped integer NOT NULL DEFAULT 0,
+    rows_inserted bigint NOT NULL DEFAULT 0,
+    retries integer NOT NULL DEFAULT 0,
+    throttle jsonb NOT NULL DEFAULT '{}',
+    error text,
+    pid integer,
+    host text,
+    started_at timestamptz NOT NULL DEFAULT now(),
+    finished_at timestamptz,
+    updated_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- Columns of the run and progress tables added since the first release; `ADD COLUMN IF NOT
+-- EXISTS` brings a database initialised by it up to date.
+-- The backfill a run belongs to.
+ALTER TABLE reconciliation_runs ADD COLUMN IF NOT EXISTS backfill_id bigint;
+CREATE INDEX IF NOT EXISTS reconciliation_runs_backfill_idx ON reconciliation_runs (backfill_id);
+CREATE INDEX IF NOT EXISTS reconciliation_runs_started_idx ON reconciliation_runs (started_at);
+-- What the source held when the month was last verified: the scheduled job compares it.
+ALTER TABLE reconciliation_progress ADD COLUMN IF NOT EXISTS source_records bigint;
+ALTER TABLE reconciliation_progress ADD COLUMN IF NOT EXISTS source_max_id bigint;
+ALTER TABLE reconciliation_progress ADD COLUMN IF NOT EXISTS source_max_created_at timestamp;
+ALTER TABLE reconciliation_progress ADD COLUMN IF NOT EXISTS source_volume numeric;
+-- transient | data | schema | input | error | verification: what kind `last_error` was.
+ALTER TABLE reconciliation_progress ADD COLUMN IF NOT EXISTS last_error_kind text;
+ALTER TABLE reconciliation_progress ADD COLUMN IF NOT EXISTS last_error_at timestamptz;
+ALTER TABLE reconciliation_progress ADD COLUMN IF NOT EXISTS retries integer NOT NULL DEFAULT 0;
+
+-- Causes of drift, repairs, summaries refreshed, and undo, per run.
+ALTER TABLE reconciliation_runs ADD COLUMN IF NOT EXISTS causes jsonb;
+ALTER TABLE reconciliation_runs ADD COLUMN IF NOT EXISTS repairs jsonb;
+ALTER TABLE reconciliation_runs ADD COLUMN IF NOT EXISTS summaries jsonb;
+-- An undo is a run of its own (command 'undo') that names the run it undid, and that run
+-- names it back; a run is undone at most once.
+ALTER TABLE reconciliation_runs ADD COLUMN IF NOT EXISTS undo_of bigint;
+ALTER TABLE reconciliation_runs ADD COLUMN IF NOT EXISTS undone_by bigint;

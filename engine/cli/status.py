@@ -1,0 +1,128 @@
+"""`engine status`, `engine status-month` and `engine report`: read from the database."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.live import Live
+
+from engine import status_report
+from engine.cli import JsonOption, app, emit, err, handled, resolve_database
+from engine.cli.backfill import write_summary_files
+from engine.config import Settings
+from engine.errors import InputError
+from engine.months import Month
+
+FORMATS = ("text", "json", "markdown")
+
+
+@app.command("status")
+@handled
+def status(
+    watch: Annotated[bool, typer.Option(
+        "--watch", help="Follow the newest backfill (`engine run` or `engine scheduled`, in any "
+        "process) live, read from the progress tables, until it ends.")] = False,
+    interval: Annotated[float, typer.Option(min=0.1, help="Seconds between refreshes of --watch.")] = 2.0,
+    as_json: JsonOption = False,
+) -> None:
+    """Where the reconciliation stands: percent reconciled overall, per year and per miner
+    model; months by status; rows expected, present and missing; the last run and when."""
+    from engine.pipeline import open_session
+    from engine.status import get_status
+
+    settings = Settings.from_env()
+    url = resolve_database(settings)
+    if watch:
+        _watch(settings, url, interval, as_json)
+        return
+    with open_session(settings, url) as session, session.transaction() as cursor:
+        result = get_status(cursor, [m.name for m in session.models])
+    emit(result.to_dict() if as_json else status_report.status_text(result), as_json)
+
+
+@app.command("status-month")
+@handled
+def status_month(
+    month: Annotated[str, typer.Argument(help="The month, as YYYY-MM.")],
+    as_json: JsonOption = False,
+) -> None:
+    """One month by day: expected, present and missing rows per miner model, the incomplete
+    days first; the month's status, attempts, last error and last run."""
+    from engine.pipeline import open_session
+    from engine.status import get_month_status
+
+    target = Month.parse(month)
+    settings = Settings.from_env()
+    url = resolve_database(settings)
+    with open_session(settings, url) as session, session.transaction() as cursor:
+        result = get_month_status(cursor, target, [m.name for m in session.models])
+    emit(result.to_dict() if as_json else status_report.month_status_text(result), as_json)
+
+
+@app.command("report")
+@handled
+def report(
+    format: Annotated[str, typer.Option(
+        "--format", help="text, json, or markdown (writes a file under data/reports/, and one "
+        "summary file per day of runs).")] = "text",
+    output: Annotated[Path | None, typer.Option(
+        help="Where --format markdown writes the report (default data/reports/report-…md).")] = None,
+    jobs: Annotated[int, typer.Option(min=1, help="Parallel months the estimate assumes.")] = 3,
+    as_json: JsonOption = False,
+) -> None:
+    """The remaining work (months and days with missing rows, worst first), the failures with
+    their errors, and the time left, estimated from the measured speed of earlier runs."""
+    from engine.backlog import build_report, daily_summaries
+    from engine.pipeline import open_session
+
+    chosen = "json" if as_json else format
+    if chosen not in FORMATS:
+        raise InputError(f"--format must be one of {', '.join(FORMATS)}, not {format!r}")
+    settings = Settings.from_env()
+    url = resolve_database(settings)
+    with open_session(settings, url) as session, session.transaction() as cursor:
+        result = build_report(cursor, [m.name for m in session.models], jobs=jobs)
+        summaries = daily_summaries(cursor) if chosen == "markdown" else []
+    if chosen != "markdown":
+        emit(result.to_dict() if chosen == "json" else status_report.report_text(result),
+             chosen == "json")
+        return
+    reports = settings.data_dir / "reports"
+    path = output or reports / f"report-{datetime.now():%Y%m%d-%H%M%S}.md"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(status_report.report_markdown(result))
+    for summary in summaries:
+        write_summary_files(reports, summary)
+    typer.echo(f"wrote {path}" + (f" and {len(summaries)} daily summar"
+                                   f"{'y' if len(summaries) == 1 else 'ies'} in {reports}"
+                                   if summaries else ""))
+
+
+def _watch(settings: Settings, url: str, interval: float, as_json: bool) -> None:
+    from engine import db
+    from engine.live import read_live
+
+    def view():  # type: ignore[no-untyped-def]
+        with db.connect(url) as conn, db.translated_errors(url), conn.cursor() as cursor:
+            return read_live(cursor)
+
+    current = view()
+    if current is None:
+        emit({"backfill": None} if as_json else "no backfill has run yet", as_json)
+        return
+    if as_json or not err.is_terminal:
+        while True:
+            emit(current.to_dict() if as_json else status_report.live_line(current), as_json)
+            if current.state != "running":
+                return
+            time.sleep(interval)
+            current = view() or current
+    with Live(status_report.live_panel(current), console=err, refresh_per_second=4) as live:
+        while current.state == "running":
+            time.sleep(interval)
+            current = view() or current
+            live.update(status_report.live_panel(current))
