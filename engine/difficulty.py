@@ -14,7 +14,7 @@ import polars as pl
 from engine import db
 from engine.errors import InputError
 
-SCHEMA = pl.Schema({"settlement_date": pl.Date, "difficulty": pl.Decimal(38, 10)})
+SCHEMA = pl.Schema([("settlement_date", pl.Date()), ("difficulty", pl.Decimal(38, 10))])
 
 CREATE_STAGE = """
 CREATE TEMPORARY TABLE engine_difficulty_stage (

@@ -58,3 +58,18 @@ class VerificationFailed(EngineError):
     """The after-load parity checks did not all pass."""
 
     exit_code = 1
+
+
+# --- repairs, plans, undo ---------------------------------------------------------------------
+
+
+class RepairConflict(EngineError):
+    """A row to repair changed under the engine (another writer); nothing was written."""
+
+
+class PlanOutdated(EngineError):
+    """A plan no longer matches the database: its source or its rows changed since."""
+
+
+class UndoRefused(EngineError):
+    """A run cannot be undone (unknown, already undone, no undo record, or its rows changed)."""

@@ -1,20 +1,42 @@
-"""One month end to end: extract → recompute → diff → load → verify → record.
+"""One month end to end: extract → recompute → diff → load (and repair) → verify → record.
 
-The only module that calls several steps. It holds no SQL and no maths.
+The only module that calls several steps (with `operations`, its sibling for diff, plan,
+apply and undo). It holds no SQL and no maths.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
 from typing import Any
 
-from engine import db, diff, extract, formula, load, progress, schema, verify
+import polars as pl
+
+from engine import (
+    causes,
+    db,
+    diff,
+    extract,
+    formula,
+    load,
+    planfile,
+    progress,
+    repair,
+    schema,
+    summaries,
+    undo,
+    verify,
+)
 from engine.config import MinerModel, Settings, load_miner_models
-from engine.errors import EngineError, MonthBusy
+from engine.errors import EngineError, InputError, MonthBusy, PlanOutdated, SourceDataError
 from engine.months import Month
 from engine.paths import Layout, write_parquet
 
@@ -37,6 +59,11 @@ class MonthResult:
     timings: dict[str, float]
     verdict: verify.Verdict | None = None
     files: dict[str, str] = field(default_factory=dict)
+    formula: str = "v1"
+    fix: tuple[str, ...] = ()
+    causes: dict[str, int] = field(default_factory=dict)  # drift and duplicate rows per cause
+    repairs: dict[str, dict[str, int]] = field(default_factory=dict)  # done (dry run: to do)
+    summaries: dict[str, Any] | None = None  # the summaries refresh, when there was one
 
     @property
     def exit_code(self) -> int:
@@ -56,6 +83,11 @@ class MonthResult:
             "seconds": round(self.seconds, 4),
             "verdict": self.verdict.to_dict() if self.verdict else None,
             "files": self.files,
+            "formula": self.formula,
+            "fix": list(self.fix),
+            "causes": self.causes,
+            "repairs": self.repairs,
+            "summaries": self.summaries,
         }
 
 
@@ -72,6 +104,12 @@ class Session:
     @property
     def layout(self) -> Layout:
         return Layout(self.settings.data_dir)
+
+    @property
+    def read_url(self) -> str:
+        """The URL connectorx reads with: the engine's lock and statement timeouts apply."""
+        return db.with_timeouts(self.url, lock_timeout_ms=self.settings.lock_timeout_ms,
+                                statement_timeout_ms=self.settings.statement_timeout_ms)
 
     @contextmanager
     def transaction(self) -> Iterator[db.Cursor]:
@@ -104,21 +142,52 @@ def reconcile_month(
     version: str = "v1",
     command: str = "month",
     on_step: StepCallback | None = None,
+    fix: Iterable[str] = (),
+    plan: planfile.RepairPlan | None = None,
 ) -> MonthResult:
     """Reconcile `month`: insert its missing calculation rows in one transaction, then verify.
 
-    Raises `EngineError` subclasses (missing difficulty, bad source rows, a lost connection);
-    the month's progress row then shows `failed` with the message. With `dry_run` nothing is
-    written to the database; the Parquet files are still written.
+    `fix` (`drift`, `duplicates`, `orphans` or `all`) repairs those classes in the same
+    transaction too; `version` is the formula (`v1` or `halving`). With a `plan` (from
+    `engine plan`) its fix and formula are used, and the month changes only if that does
+    exactly what the plan says and the source still has the plan's fingerprint.
+    Raises `EngineError` subclasses (missing difficulty, bad source rows, a lost connection,
+    `PlanOutdated`, `RepairConflict`); the month's progress row then shows `failed` with the
+    message. With `dry_run` nothing is written to the database; the Parquet files are still
+    written.
     """
+    job = _Job.make(dry_run, version, command, fix, plan)
+    if plan is not None and plan.month != month:
+        raise InputError(f"the plan is for {plan.month}, not {month}")
     if dry_run:
-        return _reconcile(session, month, dry_run, version, command, on_step)
-    with _month_lock(session, month):
-        return _reconcile(session, month, dry_run, version, command, on_step)
+        return _reconcile(session, month, job, on_step)
+    with month_lock(session, month):
+        return _reconcile(session, month, job, on_step)
+
+
+@dataclass(frozen=True)
+class _Job:
+    """What was asked of one month."""
+
+    dry_run: bool
+    version: str
+    command: str
+    fix: frozenset[str]
+    plan: planfile.RepairPlan | None
+
+    @classmethod
+    def make(cls, dry_run: bool, version: str, command: str, fix: Iterable[str],
+             plan: planfile.RepairPlan | None) -> _Job:
+        if plan is not None:
+            version, fix = plan.formula, plan.fix
+        if version not in formula.FORMULAS:
+            raise InputError(f"formula {version!r} is not one of {', '.join(formula.FORMULAS)}")
+        fixes = fix if isinstance(fix, frozenset) else repair.parse_fix(fix)
+        return cls(dry_run, version, command, fixes, plan)
 
 
 @contextmanager
-def _month_lock(session: Session, month: Month) -> Iterator[None]:
+def month_lock(session: Session, month: Month) -> Iterator[None]:
     """Hold the month's advisory lock for the run; raise `MonthBusy` if another process has it."""
     with db.translated_errors(session.url), session.transaction() as cursor:
         if not progress.try_lock_month(cursor, month):
@@ -133,76 +202,169 @@ def _month_lock(session: Session, month: Month) -> Iterator[None]:
             log.debug("could not release the lock of %s", month, exc_info=True)
 
 
-def _reconcile(session: Session, month: Month, dry_run: bool, version: str, command: str,
-               on_step: StepCallback | None) -> MonthResult:
+def _reconcile(session: Session, month: Month, job: _Job, on_step: StepCallback | None) -> MonthResult:
     steps = _Steps(month, on_step)
     layout = session.layout
     with db.translated_errors(session.url):
-        with steps("extract"):
-            snapshot = extract.extract_month(session.url, month, layout)
-        files = {name: str(path) for name, path in snapshot.files.items()}
-        if snapshot.curtailment.is_empty() and snapshot.calculations.is_empty():
-            return MonthResult(month, "nothing_to_do", None, _rows(None), steps.timings, files=files)
-
-        run_id = None
-        if not dry_run:
+        if job.plan is not None:  # refuse a stale plan before anything is recorded
             with session.transaction() as cursor:
-                run_id = progress.start_run(cursor, month, command, version,
-                                            {"models": [m.name for m in session.models]})
+                planfile.check_fingerprint(cursor, job.plan)
+        with steps("extract"):
+            try:
+                snapshot = extract.extract_month(session.read_url, month, layout)
+            except SourceDataError as error:  # a data error is the month's state: record it
+                if not job.dry_run:
+                    run_id = _start_run(session, month, job)
+                    _record_failure(session, month, run_id, error, steps.timings)
+                raise
+        files = {name: str(path) for name, path in snapshot.files.items()}
+        asked: dict[str, Any] = {"formula": job.version, "fix": tuple(sorted(job.fix))}
+        if snapshot.curtailment.is_empty() and snapshot.calculations.is_empty():
+            return MonthResult(month, "nothing_to_do", None, _rows(None), steps.timings,
+                               files=files, **asked)
+
+        run_id = None if job.dry_run else _start_run(session, month, job)
         try:
             with steps("recompute"):
                 expected = formula.expected_rows(snapshot.curtailment, snapshot.difficulty,
-                                                 session.models, version)
-                tolerance = formula.one_miner_btc(snapshot.difficulty, session.models)
+                                                 session.models, job.version)
+                tolerance = formula.one_miner_btc(snapshot.difficulty, session.models, job.version)
                 files["expected"] = str(write_parquet(expected, layout.expected(month)))
             with steps("diff"):
-                before = diff.compare(expected, snapshot.calculations, tolerance)
+                before = find_differences(snapshot, expected, tolerance, session.models, job.version)
                 for kind, frame in before.frames().items():
                     files[f"diff_{kind}"] = str(write_parquet(frame, layout.diff(kind, month)))
+                actions = repair.plan_actions(before, job.fix)
+            asked["causes"] = causes.count(before)
+            if job.plan is not None:
+                _check_plan(job.plan, before, actions, job)
             if run_id is None:
-                return MonthResult(month, "dry_run", None, _rows(before), steps.timings, files=files)
+                return MonthResult(month, "dry_run", None, _rows(before), steps.timings, files=files,
+                                   repairs=repair.counts(actions), **asked)
 
             with steps("load"):
                 try:
-                    loaded = _load(session, month, run_id, before, skip_conflicts=False)
+                    written = _write(session, month, run_id, before, actions, job, files,
+                                     skip_conflicts=False)
                 except load.KeyConflict:
                     log.info("%s: another writer inserted some of the keys; merging around them",
                              month)
-                    loaded = _load(session, month, run_id, before, skip_conflicts=True)
-            counts = before.counts() | {"inserted": loaded.inserted}
-            with steps("verify"):
-                after = extract.extract_after(session.url, month, layout)
+                    written = _write(session, month, run_id, before, actions, job, files,
+                                     skip_conflicts=True)
+            left = repair.remaining(before, job.fix)
+            with steps("verify"), ThreadPoolExecutor(1) as pool:
+                # The summaries are checked in PostgreSQL while DuckDB checks the rows.
+                check = pool.submit(_check_summaries, session, month, written)
+                after = extract.extract_after(session.read_url, month, layout)
                 files["after"] = str(after)
                 verdict = verify.verify_month(
                     expected=layout.expected(month), after=after,
-                    curtailment=snapshot.files["curtailment_records"], before=before,
+                    curtailment=snapshot.files["curtailment_records"], before=left,
                     tolerance=tolerance,
                 )
-            rows = _rows(before, loaded, verdict)
+                verdict = verdict.plus(*check.result())
+            rows = _rows(before, written, verdict)
             status = "verified" if verdict.verified else "unverified"
+            counts = left.counts() | {"inserted": written.loaded.inserted, "present": verdict.present}
             with steps("record"), session.transaction() as cursor:
-                progress.record_counts(cursor, month, counts | {"present": verdict.present})
+                progress.record_counts(cursor, month, counts)
                 progress.finish(cursor, month, run_id, run_status=status,
                                 month_status="completed" if verdict.verified else "failed",
                                 rows=rows, timings=steps.timings, verdict=verdict.to_dict(),
                                 error=None if verdict.verified else _verification_error(verdict))
-            return MonthResult(month, status, run_id, rows, steps.timings, verdict, files)
+            if written.undo is not None:
+                files["undo"] = str(written.undo)
+            return MonthResult(month, status, run_id, rows, steps.timings, verdict, files,
+                               repairs=written.repaired.to_dict() if written.repaired.changed else {},
+                               summaries=written.refreshed.to_dict() if written.refreshed else None,
+                               **asked)
         except BaseException as error:
             if run_id is not None:
                 _record_failure(session, month, run_id, error, steps.timings)
             raise
 
 
-def _load(session: Session, month: Month, run_id: int, before: diff.Diff, *,
-          skip_conflicts: bool) -> load.LoadResult:
-    """The one transaction that writes: the missing rows, the month's counts, the run row."""
+def _start_run(session: Session, month: Month, job: _Job) -> int:
+    """Close the runs a killed process left open (we hold the month's lock), start ours."""
     with session.transaction() as cursor:
-        loaded = load.load_missing(cursor, before.missing, unique_key=session.unique_key,
-                                   skip_conflicts=skip_conflicts)
-        progress.record_counts(cursor, month, before.counts() | {"inserted": loaded.inserted})
-        progress.finish(cursor, month, run_id, run_status="loaded", month_status="in_progress",
-                        rows=_rows(before, loaded))
-    return loaded
+        for run, pid in progress.close_abandoned_runs(
+                cursor, month, "abandoned: its process stopped before the run finished"):
+            log.warning("%s: run %s (pid %s) was left open by a stopped process; closed it",
+                        month, run, pid)
+        return progress.start_run(cursor, month, job.command, job.version, {
+            "models": [m.name for m in session.models], "fix": sorted(job.fix),
+            **({"plan": job.plan.fingerprint} if job.plan else {})})
+
+
+def find_differences(snapshot: extract.Snapshot, expected: pl.DataFrame, tolerance: pl.DataFrame,
+                     models: tuple[MinerModel, ...], version: str) -> diff.Diff:
+    """The snapshot's diff against the expected rows, its drift and duplicates with causes."""
+    found = diff.compare(expected, snapshot.calculations, tolerance, snapshot.curtailment)
+    return causes.explain(found, snapshot.curtailment, models, version)
+
+
+def _check_summaries(session: Session, month: Month, written: _Written) -> tuple[verify.Check, ...]:
+    if written.refreshed is None:
+        return ()
+    with db.translated_errors(session.url), session.transaction() as cursor:
+        check = summaries.verify(cursor, month, written.summary_days)
+    return (verify.Check("summaries", check.verified, check.detail()),)
+
+
+def _check_plan(plan: planfile.RepairPlan, before: diff.Diff, actions: pl.DataFrame,
+                job: _Job) -> None:
+    now = planfile.build(plan.month, job.fix, job.version, plan.fingerprint, before.missing, actions)
+    if problem := plan.difference(now.rows):
+        raise PlanOutdated(f"the calculations of {plan.month} changed since the plan was made: "
+                           f"{problem}; make a new plan")
+
+
+@dataclass(frozen=True)
+class _Written:
+    loaded: load.LoadResult
+    repaired: repair.RepairResult
+    refreshed: summaries.SummaryRefresh | None
+    summary_days: tuple[date, ...] | None  # None: the whole month
+    undo: Path | None
+
+
+def _write(session: Session, month: Month, run_id: int, before: diff.Diff, actions: pl.DataFrame,
+           job: _Job, files: dict[str, str], *, skip_conflicts: bool) -> _Written:
+    """The one transaction that writes: the missing rows, the repairs, the summaries, the undo
+    record (before the commit), the month's counts and the run row."""
+    folder = undo.directory(session.settings.data_dir, run_id)
+    try:
+        with session.transaction() as cursor:
+            if job.plan is not None:
+                planfile.check_fingerprint(cursor, job.plan)
+            loaded = load.load_missing(cursor, before.missing, unique_key=session.unique_key,
+                                       skip_conflicts=skip_conflicts)
+            repaired = repair.apply_actions(cursor, actions)
+            changed = bool(loaded.inserted or repaired.changed)
+            refreshed, days, record_folder = None, None, None
+            if changed or job.fix:  # a repair makes the whole month's summaries right
+                days = None if job.fix else tuple(before.missing["settlement_date"].unique().sort())
+                refreshed = summaries.refresh(cursor, month, days)
+            if changed:
+                record = undo.UndoRecord(
+                    run_id, month, job.version, undo.applied_at(cursor), loaded.inserted,
+                    sum(repaired.updated.values()), sum(repaired.deleted.values()),
+                    tuple(sorted(job.fix)), days)
+                record_folder = undo.write_record(
+                    session.settings.data_dir, record, before=repaired.before,
+                    inserted=Path(files["diff_missing"]) if loaded.inserted else None)
+            written = _Written(loaded, repaired, refreshed, days, record_folder)
+            left = repair.remaining(before, job.fix)
+            progress.record_counts(cursor, month, left.counts() | {"inserted": loaded.inserted})
+            progress.finish(cursor, month, run_id, run_status="loaded", month_status="in_progress",
+                            rows=_rows(before, written))
+            cursor.execute(repair.RECORD, (
+                run_id, json.dumps(causes.count(before)), json.dumps(repaired.to_dict()),
+                json.dumps(refreshed.to_dict() if refreshed else None)))
+        return written
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)  # nothing was committed: nothing to undo
+        raise
 
 
 class _Steps:
@@ -223,10 +385,12 @@ class _Steps:
             self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
 
 
-def _rows(before: diff.Diff | None, loaded: load.LoadResult | None = None,
+def _rows(before: diff.Diff | None, written: _Written | None = None,
           verdict: verify.Verdict | None = None) -> dict[str, int]:
     counts = before.counts() if before else dict.fromkeys(
         ("expected", "present", "missing", "drift", "orphans", "duplicates"), 0)
+    loaded = written.loaded if written else None
+    repaired = written.repaired if written else repair.NO_REPAIR
     return {
         "expected": counts["expected"],
         "present_before": counts["present"],
@@ -236,6 +400,8 @@ def _rows(before: diff.Diff | None, loaded: load.LoadResult | None = None,
         "drift": counts["drift"],
         "orphans": counts["orphans"],
         "duplicates": counts["duplicates"],
+        "updated": sum(repaired.updated.values()),
+        "deleted": sum(repaired.deleted.values()),
         "verified": verdict.present if verdict and verdict.verified else 0,
     }
 

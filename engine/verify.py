@@ -9,7 +9,7 @@ its job and that nothing else changed.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import duckdb
@@ -102,6 +102,10 @@ class Verdict:
     def to_dict(self) -> dict[str, object]:
         return {"verified": self.verified, "present": self.present, "outstanding": self.outstanding,
                 "checks": [check.to_dict() for check in self.checks]}
+
+    def plus(self, *checks: Check) -> Verdict:
+        """The same verdict with more checks (the summaries', taken in PostgreSQL)."""
+        return replace(self, checks=self.checks + checks)
 
 
 def verify_month(

@@ -115,4 +115,4 @@ def main() -> None:
 
 
 # Command modules register themselves on `app`; imported last, as they import from here.
-from engine.cli import database, month  # noqa: E402, F401
+from engine.cli import database, month, backfill, repair, status as status_commands  # noqa: E402, F401, I001

@@ -11,6 +11,13 @@ from engine.cli import JsonOption, app, emit, err, handled, month_bar, resolve_d
 from engine.config import Settings
 from engine.months import Month, parse_range
 
+FixOption = Annotated[list[str] | None, typer.Option(
+    "--fix", help="Also repair these classes in the same transaction: drift, duplicates, "
+    "orphans or all (repeat the option or separate with commas).")]
+FormulaOption = Annotated[str, typer.Option(
+    "--formula", help="Formula version: v1 (what production used) or halving (6.25 BTC a "
+    "block before 2024-04-20). Stored on the run.")]
+
 
 @app.command()
 @handled
@@ -19,21 +26,27 @@ def month(
     dry_run: Annotated[bool, typer.Option(
         "--dry-run", help="Extract, recompute and diff; report what would be inserted. Writes "
         "nothing to the database (the Parquet files under data/ are still written).")] = False,
+    fix: FixOption = None,
+    formula: FormulaOption = "v1",
     as_json: JsonOption = False,
 ) -> None:
     """Reconcile one month: extract, recompute, diff, insert the missing rows in one
-    transaction, verify parity with DuckDB and record progress.
+    transaction, verify parity with DuckDB and record progress. With `--fix` also repair
+    drifted, duplicated or orphaned rows in that transaction (undo with `engine undo RUN`).
 
     Exit 0 when verified (or nothing to do), 1 when verification fails, 2 on bad input,
     missing difficulty or a database problem.
     """
     from engine.pipeline import open_session, reconcile_month
+    from engine.repair import parse_fix
 
     target = Month.parse(month)
+    fixes = parse_fix(fix)
     settings = Settings.from_env()
     url = resolve_database(settings)
     with open_session(settings, url) as session, step_spinner() as on_step:
-        result = reconcile_month(session, target, dry_run=dry_run, on_step=on_step)
+        result = reconcile_month(session, target, dry_run=dry_run, on_step=on_step, fix=fixes,
+                                 version=formula)
     emit(result.to_dict() if as_json else report.month_summary(result), as_json)
     raise typer.Exit(result.exit_code)
 

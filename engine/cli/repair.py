@@ -1,0 +1,127 @@
+"""`engine diff`, `engine plan`, `engine apply` and `engine undo`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from engine import report
+from engine.cli import JsonOption, app, emit, handled, resolve_database, step_spinner
+from engine.cli.month import FixOption, FormulaOption
+from engine.config import Settings
+from engine.errors import InputError
+from engine.months import Month, month_range
+
+
+@app.command()
+@handled
+def diff(
+    month: Annotated[str | None, typer.Argument(help="The month to diff, as YYYY-MM.")] = None,
+    first: Annotated[str | None, typer.Option("--from", help="First month of a range.")] = None,
+    last: Annotated[str | None, typer.Option("--to", help="Last month of a range.")] = None,
+    formula: FormulaOption = "v1",
+    samples: Annotated[int, typer.Option(help="Rows to show of each class.", min=0)] = 3,
+    as_json: JsonOption = False,
+) -> None:
+    """Show what differs between the calculations and what the source implies: missing,
+    drift, orphans and duplicates, with the probable cause of each drifted or duplicated row
+    and whether the summaries agree. Writes data/diffs/<class>/month=YYYY-MM/; changes nothing
+    in the database.
+
+    Exit 0 when every month is exact, 1 when anything differs, 2 on bad input.
+    """
+    from engine.operations import diff_months
+    from engine.pipeline import open_session
+
+    months = _months(month, first, last)
+    settings = Settings.from_env()
+    url = resolve_database(settings)
+    with open_session(settings, url) as session, step_spinner() as on_step:
+        result = diff_months(session, months, version=formula, samples=samples,
+                             on_month=lambda found: on_step(found.month, "diffed"))
+    emit(result.to_dict() if as_json else report.diff_summary(result), as_json)
+    raise typer.Exit(result.exit_code)
+
+
+@app.command()
+@handled
+def plan(
+    month: Annotated[str, typer.Argument(help="The month to plan, as YYYY-MM.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="The plan file to write (Parquet).")],
+    fix: FixOption = None,
+    formula: FormulaOption = "v1",
+    as_json: JsonOption = False,
+) -> None:
+    """Write what `engine month MONTH --fix …` would change to a Parquet file, with a
+    fingerprint of the month's source rows; `engine apply FILE` carries it out later (and
+    refuses if the source changed). Changes nothing in the database.
+    """
+    from engine.operations import make_plan
+    from engine.pipeline import open_session
+    from engine.planfile import write
+
+    target = Month.parse(month)
+    settings = Settings.from_env()
+    url = resolve_database(settings)
+    with open_session(settings, url) as session:
+        made = make_plan(session, target, fix=fix or (), version=formula)
+    write(made, output)
+    emit(made.to_dict() | {"file": str(output)} if as_json else report.plan_summary(made, output),
+         as_json)
+
+
+@app.command()
+@handled
+def apply(
+    file: Annotated[Path, typer.Argument(help="A plan written by `engine plan`.")],
+    as_json: JsonOption = False,
+) -> None:
+    """Carry out a plan in one transaction, as `engine month --fix` would, but only if the
+    month's source still has the plan's fingerprint and the plan's changes are still exactly
+    what is needed. Exit 0 when verified, 1 when verification fails, 2 when the plan is
+    outdated or bad.
+    """
+    from engine.operations import apply_plan
+    from engine.pipeline import open_session
+
+    settings = Settings.from_env()
+    url = resolve_database(settings)
+    with open_session(settings, url) as session, step_spinner() as on_step:
+        result = apply_plan(session, file, on_step=on_step)
+    emit(result.to_dict() if as_json else report.month_summary(result), as_json)
+    raise typer.Exit(result.exit_code)
+
+
+@app.command()
+@handled
+def undo(
+    run_id: Annotated[int, typer.Argument(help="The run to undo (the number `engine month` "
+                                                "prints as `run N`).")],
+    as_json: JsonOption = False,
+) -> None:
+    """Undo one run: remove the rows it inserted and put back every row it updated or deleted,
+    exactly as they were (from data/undo/RUN_ID/), in one transaction; then refresh and verify
+    the month's summaries. Refuses if a later change touched those rows.
+    """
+    from engine.operations import undo_run
+    from engine.pipeline import open_session
+
+    settings = Settings.from_env()
+    url = resolve_database(settings)
+    with open_session(settings, url) as session:
+        result = undo_run(session, run_id)
+    emit(result.to_dict() if as_json else report.undo_summary(result), as_json)
+    raise typer.Exit(result.exit_code)
+
+
+def _months(month: str | None, first: str | None, last: str | None) -> list[Month]:
+    if month and (first or last):
+        raise InputError("give a month or --from/--to, not both")
+    if month:
+        return [Month.parse(month)]
+    if not (first and last):
+        raise InputError("give a month (YYYY-MM) or both --from and --to")
+    return month_range(Month.parse(first), Month.parse(last))
+

@@ -1,0 +1,226 @@
+"""Diff, plan, apply and undo: what `engine diff`, `plan`, `apply` and `undo` do, composed of
+the same steps as `pipeline.reconcile_month`. No SQL and no maths here either.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from engine import causes, db, extract, formula, planfile, progress, repair, summaries, undo
+from engine.diff import KINDS, Diff
+from engine.errors import InputError, UndoRefused
+from engine.formula import KEY
+from engine.months import Month
+from engine.paths import write_parquet
+from engine.pipeline import (
+    MonthResult,
+    Session,
+    StepCallback,
+    find_differences,
+    month_lock,
+    reconcile_month,
+)
+
+#: The columns each class shows in samples.
+SAMPLE_COLUMNS = {
+    "missing": [*KEY, "bitcoin_mined", "difficulty"],
+    "drift": ["id", *KEY, "bitcoin_mined", "expected_bitcoin", "difficulty", "expected_difficulty",
+              "cause"],
+    "orphans": ["id", *KEY, "bitcoin_mined", "difficulty"],
+    "duplicates": ["id", *KEY, "bitcoin_mined", "expected_bitcoin", "keep", "cause"],
+}
+
+
+@dataclass(frozen=True)
+class MonthDiff:
+    """One month's differences: counts per class and cause, a few rows of each class, and
+    whether its summaries agree with their sums. `to_dict()` is the `engine diff --json`
+    contract, per month."""
+
+    month: Month
+    formula: str
+    counts: dict[str, int]
+    causes: dict[str, int]
+    samples: dict[str, list[dict[str, Any]]]
+    summaries: summaries.SummaryCheck | None
+    files: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def differs(self) -> bool:
+        return any(self.counts[kind] for kind in KINDS) or not (
+            self.summaries is None or self.summaries.verified)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"month": str(self.month), "formula": self.formula, "differs": self.differs,
+                "counts": self.counts, "causes": self.causes,
+                "summaries": self.summaries.to_dict() if self.summaries else None,
+                "samples": self.samples, "files": self.files, "seconds": round(self.seconds, 4)}
+
+
+@dataclass(frozen=True)
+class DiffReport:
+    """`engine diff` over one or more months; exit 1 when anything differs, 0 when exact."""
+
+    months: tuple[MonthDiff, ...]
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if any(m.differs for m in self.months) else 0
+
+    def totals(self) -> dict[str, int]:
+        keys = ("expected", "present", *KINDS)
+        return {k: sum(m.counts[k] for m in self.months) for k in keys}
+
+    def causes(self) -> dict[str, int]:
+        return {c: sum(m.causes.get(c, 0) for m in self.months) for c in causes.CAUSES}
+
+    def summaries_differ(self) -> int:
+        """Months whose summaries do not agree with their sums."""
+        return sum(1 for m in self.months if m.summaries is not None and not m.summaries.verified)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"differs": self.exit_code == 1, "totals": self.totals(), "causes": self.causes(),
+                "months_with_summary_differences": self.summaries_differ(),
+                "months": [m.to_dict() for m in self.months]}
+
+
+def diff_months(session: Session, months: Iterable[Month], *, version: str = "v1",
+                samples: int = 3, on_month: Callable[[MonthDiff], None] | None = None) -> DiffReport:
+    """Diff each month (read-only; the Parquet under data/diffs/ is written)."""
+    found = []
+    for month in months:
+        result = diff_month(session, month, version=version, samples=samples)
+        found.append(result)
+        if on_month:
+            on_month(result)
+    return DiffReport(tuple(found))
+
+
+def diff_month(session: Session, month: Month, *, version: str = "v1", samples: int = 3) -> MonthDiff:
+    """Extract, recompute and diff `month`, write each class to data/diffs/<class>/month=…/,
+    find the causes of drift and duplicates and check the summaries. Writes nothing to the
+    database. Raises `MissingDifficulty`, `SourceDataError`, `InputError` (unknown formula)."""
+    start = time.perf_counter()
+    found, files = _examine(session, month, version)
+    with db.translated_errors(session.url), session.transaction() as cursor:
+        check = summaries.verify(cursor, month)
+    return MonthDiff(month, version, found.counts(), causes.count(found), _samples(found, samples),
+                     check, files, time.perf_counter() - start)
+
+
+def make_plan(session: Session, month: Month, *, fix: Iterable[str], version: str = "v1"
+              ) -> planfile.RepairPlan:
+    """What reconciling `month` with `fix` would change, with the source's fingerprint (taken
+    before the extract, so a change during the extract makes the plan refuse, never pass).
+    Writes nothing to the database."""
+    fixes = repair.parse_fix(fix)
+    with db.translated_errors(session.url), session.transaction() as cursor:
+        fingerprint = planfile.fingerprint(cursor, month)
+    found, _ = _examine(session, month, version)
+    return planfile.build(month, fixes, version, fingerprint, found.missing,
+                          repair.plan_actions(found, fixes), tuple(m.name for m in session.models))
+
+
+def _examine(session: Session, month: Month, version: str) -> tuple[Diff, dict[str, str]]:
+    """Extract, recompute, diff with causes; write the classes' Parquet; return both."""
+    if version not in formula.FORMULAS:
+        raise InputError(f"formula {version!r} is not one of {', '.join(formula.FORMULAS)}")
+    layout = session.layout
+    with db.translated_errors(session.url):
+        snapshot = extract.extract_month(session.read_url, month, layout)
+        expected = formula.expected_rows(snapshot.curtailment, snapshot.difficulty,
+                                         session.models, version)
+        tolerance = formula.one_miner_btc(snapshot.difficulty, session.models, version)
+        found = find_differences(snapshot, expected, tolerance, session.models, version)
+    files = {kind: str(write_parquet(frame, layout.diff(kind, month)))
+             for kind, frame in found.frames().items()}
+    return found, files
+
+
+def apply_plan(session: Session, path: Path, *, on_step: StepCallback | None = None) -> MonthResult:
+    """Apply a plan file: refuse (`PlanOutdated`) when the source or the rows it changes moved."""
+    plan = planfile.read(path)
+    return reconcile_month(session, plan.month, plan=plan, command="apply", on_step=on_step)
+
+
+@dataclass(frozen=True)
+class UndoResult:
+    """What `engine undo` put back. `to_dict()` is the `--json` contract."""
+
+    run_id: int
+    undo_run_id: int
+    month: Month
+    restored: undo.Restored
+    summaries: summaries.SummaryCheck
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.summaries.verified else 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"run_id": self.run_id, "undo_run_id": self.undo_run_id, "month": str(self.month),
+                **self.restored.to_dict(), "summaries": self.summaries.to_dict()}
+
+
+def undo_run(session: Session, run_id: int) -> UndoResult:
+    """Put back what run `run_id` changed (see `engine.undo`), in one transaction under the
+    month's lock, refresh the summaries it touched and record the undo as a run of its own.
+
+    Raises `UndoRefused` (nothing changed) or `MonthBusy`."""
+    record, before, inserted = undo.read_record(session.settings.data_dir, run_id)
+    with db.translated_errors(session.url), month_lock(session, record.month):
+        with session.transaction() as cursor:
+            run = undo.lock_run(cursor, run_id)
+            if run.month != str(record.month):
+                raise UndoRefused(f"the undo record of run {run_id} is for {record.month}, "
+                                  f"the run for {run.month}")
+            state = progress.month_states(cursor, record.month, record.month).get(record.month)
+            undo_id = progress.start_run(cursor, record.month, "undo", record.formula,
+                                         {"undo_of": run_id})
+            restored = undo.restore(cursor, record, before, inserted)
+            refreshed = summaries.refresh(cursor, record.month, record.summary_days)
+            undo.link(cursor, run_id, undo_id)
+            # The month is as before the run: its rows are missing again if it inserted any.
+            status = "not_started" if restored.removed or state is None else state.status
+            progress.finish(cursor, record.month, undo_id, run_status="verified",
+                            month_status=status if status != "in_progress" else "not_started",
+                            rows=restored.to_dict())
+            cursor.execute(repair.RECORD, (undo_id, None, None, _json(refreshed.to_dict())))
+        with session.transaction() as cursor:
+            check = summaries.verify(cursor, record.month, record.summary_days)
+    return UndoResult(run_id, undo_id, record.month, restored, check)
+
+
+def _samples(found: Diff, n: int) -> dict[str, list[dict[str, Any]]]:
+    """Up to `n` rows of each class; drift and duplicates take one of each cause first."""
+    out = {}
+    for kind, frame in found.frames().items():
+        if "cause" in frame.columns and frame.height:
+            frame = frame.with_columns(_rank=pl.int_range(pl.len()).over("cause")).sort(
+                "_rank", "cause", *KEY)
+        columns = [c for c in SAMPLE_COLUMNS[kind] if c in frame.columns]
+        out[kind] = [{k: _plain(v) for k, v in row.items()}
+                     for row in frame.head(n).select(columns).iter_rows(named=True)]
+    return out
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return format(value.normalize(), "f") if value else "0"
+    if isinstance(value, (date, datetime)):
+        return value.isoformat()
+    return value
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value)
