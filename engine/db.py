@@ -12,19 +12,17 @@ from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import adbc_driver_manager
 import adbc_driver_postgresql.dbapi as adbc
 import connectorx as cx
 import pyarrow as pa
+from adbc_driver_manager.dbapi import Connection, Cursor
 
 from engine.errors import DatabaseUnavailable, EngineError, InputError, SchemaError
 
 log = logging.getLogger(__name__)
-
-Connection = adbc.Connection
-Cursor = adbc.Cursor
 
 # SQLSTATEs of failures that are worth trying again: serialization failure, deadlock, lock
 # timeout, statement timeout / cancel, shutdown and connection loss.
@@ -36,15 +34,31 @@ class TransientDatabaseError(EngineError):
 
 
 def mask_url(url: str) -> str:
-    """The URL with its password replaced by `***`, safe to print and to store."""
-    parts = urlsplit(url)
+    """The URL with its password replaced by `***` and without its parameters (which may
+    hold a password too), safe to print and to store."""
+    parts = urlsplit(url)._replace(query="", fragment="")
     if parts.password is None:
-        return url
+        return urlunsplit(parts)
     user = parts.username or ""
     host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
+    try:
+        if parts.port is not None:
+            host = f"{host}:{parts.port}"
+    except ValueError:  # an invalid port: leave it out
+        pass
     return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+def with_timeouts(url: str, *, lock_timeout_ms: int, statement_timeout_ms: int) -> str:
+    """`url` with the session timeouts in its `options` parameter, so that connectorx reads
+    give up behind a lock as the engine's own transactions do (`SET LOCAL` cannot reach them)."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    options = " ".join(v for k, v in query if k == "options")
+    options = (f"{options} -c lock_timeout={lock_timeout_ms} "
+               f"-c statement_timeout={statement_timeout_ms}").strip()
+    query = [(k, v) for k, v in query if k != "options"] + [("options", options)]
+    return urlunsplit(parts._replace(query=urlencode(query, quote_via=quote)))
 
 
 def check_url(url: str) -> str:

@@ -9,6 +9,7 @@ from pathlib import Path
 import polars as pl
 
 from engine import db
+from engine.errors import SourceDataError
 from engine.months import Month
 from engine.paths import Layout, write_parquet
 from engine.schema import CALCULATIONS
@@ -30,6 +31,13 @@ def calculations_sql(month: Month, *, narrow: bool = False) -> str:
     if not narrow:
         columns = f"id, {columns}, difficulty, calculated_at"
     return f"SELECT {columns} FROM {CALCULATIONS} WHERE {_in_month(month)}"
+
+
+def non_finite_sql(month: Month) -> str:
+    """Records whose volume is NaN or ±Infinity: numeric allows them, connectorx cannot read them."""
+    return ("SELECT settlement_date, settlement_period, farm_id, volume::text AS volume "
+            f"FROM curtailment_records WHERE {_in_month(month)} "
+            "AND volume::text IN ('NaN', 'Infinity', '-Infinity') ORDER BY 1, 2, 3")
 
 
 def difficulty_sql(month: Month) -> str:
@@ -63,7 +71,12 @@ def extract_month(url: str, month: Month, layout: Layout) -> Snapshot:
     }
 
     def read_and_write(name: str) -> tuple[pl.DataFrame, Path]:
-        frame = read(url, queries[name])
+        try:
+            frame = read(url, queries[name])
+        except db.TransientDatabaseError:
+            if name == "curtailment_records":
+                _reject_non_finite(url, month)
+            raise
         return frame, write_parquet(frame, layout.extract(name, month))
 
     # connectorx and Parquet writes release the GIL: the three reads overlap.
@@ -78,6 +91,17 @@ def extract_month(url: str, month: Month, layout: Layout) -> Snapshot:
 def extract_after(url: str, month: Month, layout: Layout) -> Path:
     """Re-read the month's calculations (key and bitcoin) after a load."""
     return write_parquet(read(url, calculations_sql(month, narrow=True)), layout.after(month))
+
+
+def _reject_non_finite(url: str, month: Month) -> None:
+    """Raise `SourceDataError` naming the records when a failed read was a non-finite volume."""
+    bad = read(url, non_finite_sql(month))
+    if bad.height:
+        first = bad.row(0, named=True)
+        raise SourceDataError(
+            f"{bad.height} curtailment record(s) of {month} have a non-finite volume (first: "
+            f"{first['settlement_date']} period {first['settlement_period']} farm "
+            f"{first['farm_id']}, volume {first['volume']}); fix or delete them")
 
 
 def read(url: str, sql: str) -> pl.DataFrame:
