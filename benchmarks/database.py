@@ -24,7 +24,8 @@ _KEY = ", ".join(KEY_COLUMNS)
 _COLUMNS = f"{_KEY}, bitcoin_mined, difficulty, calculated_at"
 # What a run writes besides the calculations: progress, runs and the summaries it refreshes.
 _ENGINE_TABLES = (f"{CALCULATIONS}, reconciliation_progress, reconciliation_runs, "
-                  "bitcoin_daily_summaries, bitcoin_monthly_summaries, bitcoin_yearly_summaries")
+                  "reconciliation_backfills, bitcoin_daily_summaries, bitcoin_monthly_summaries, "
+                  "bitcoin_yearly_summaries")
 _CALCULATED = f"SELECT {_KEY}, bitcoin_mined FROM {CALCULATIONS}"
 _LARGEST_MONTH = """
 SELECT to_char(settlement_date, 'YYYY-MM') FROM curtailment_records

@@ -22,7 +22,14 @@ RATIOS: tuple[tuple[str, str, str, float | None], ...] = (
     ("engine_backlog", "original_all_paused", "engine (backlog) / original approach with its pauses",
      0.01),
     ("engine_empty", "original_all", "engine (from empty) / original approach, no pauses", 0.01),
+    ("engine_run_backlog", "sql_backlog", "`engine run --jobs 3` / in-database SQL, backlog, "
+     "unique index", 1.0),
+    ("engine_run_backlog", "original_all", "`engine run --jobs 3` (backlog) / original approach, "
+     "no pauses", 0.01),
+    ("engine_run_backlog", "original_all_paused", "`engine run --jobs 3` (backlog) / original "
+     "approach with its pauses", 0.01),
     ("engine_empty", "floor", "engine (from empty) / floor (COPY + connectorx read)", 3.0),
+    ("engine_run_empty", "floor", "`engine run --jobs 3` (from empty) / floor", 3.0),
     ("engine_empty", "floor_indexed", "engine (from empty) / floor with the unique index", None),
 )
 
@@ -50,7 +57,8 @@ def render(results: Results) -> str:
         "| what | start | rows written | work (s) | wall (s) | rows/s | peak RSS (MB) | note |",
         "|---|---|---:|---:|---:|---:|---:|---|",
     ]
-    order = ("engine_month", "engine_backlog", "engine_empty", "engine_run", "sql_backlog",
+    order = ("engine_month", "engine_backlog", "engine_empty", "engine_run_backlog",
+             "engine_run_empty", "engine_diff", "sql_backlog",
              "sql_backlog_no_index", "sql_empty", "original_month", "original_all",
              "original_all_paused", "floor_copy", "floor_copy_indexed", "floor_read")
     lines += [_row(f[key]) for key in order if key in f]

@@ -176,16 +176,31 @@ class _Run:
             self.bench.snapshot(self.bench.root / f"engine-{start}.parquet")
 
     def engine_backfill(self) -> None:
-        # TODO(engine run): measure the backfill command here once it has landed (a colleague
-        # is writing it). For start in ("backlog", "empty"): reset (also `DROP TABLE IF EXISTS
-        # reconciliation_backfills`), then best_of(start, engine_command("run", "--from",
-        # first, "--to", last, "--jobs", "3", "--json"), env) into
-        # figures[f"engine_run_{start}"] (rows and seconds from its JSON totals), snapshot and
-        # compare with engine-{start}.parquet like the SQL below, and use it in report.RATIOS.
-        # Until then `benchmarks/backfill.sh` measures `engine run` on its own.
-        self.results.figures["engine_run"] = Figure(
-            "`engine run --jobs 3` (TODO: the backfill command)", "backlog", 0, 0.0,
-            note="not measured by this command yet; see benchmarks/backfill.sh")
+        """`engine run --jobs 3` over the span as a user runs it, and `engine diff` over it."""
+        figures = self.results.figures
+        env = {"ENGINE_DATABASE_URL": self.url, "ENGINE_DATA_DIR": str(self.engine_dir)}
+        run_command = engine_command("run", "--from", str(self.months[0]), "--to",
+                                     str(self.months[-1]), "--jobs", "3", "--json")
+        for start in ("backlog", "empty"):
+            say(f"engine run --jobs 3, {len(self.months)} months from {start}…")
+            run = self.best_of(start, run_command, env)
+            counts = run.payload["counts"]
+            figures[f"engine_run_{start}"] = Figure(
+                "`engine run --jobs 3`", start, counts["inserted"], run.payload["seconds"],
+                run.wall, run.peak_rss_mb,
+                note=f"{counts['verified']} of {counts['planned']} months verified")
+            self.results.checks[f"engine_run_{start}"] = compare(
+                self.bench.root / f"engine-{start}.parquet",
+                self.bench.snapshot(self.bench.root / f"engine-run-{start}.parquet"))
+        say(f"engine diff, {len(self.months)} months…")
+        self.bench.reset("backlog")
+        diff = run_measured(engine_command("diff", "--from", str(self.months[0]), "--to",
+                                           str(self.months[-1]), "--json"), env=env, expect=(0, 1))
+        totals = diff.payload["totals"]
+        figures["engine_diff"] = Figure(
+            "`engine diff` (writes nothing)", "backlog", 0,
+            sum(m["seconds"] for m in diff.payload["months"]), diff.wall, diff.peak_rss_mb,
+            note=f"{totals['expected']:,} expected rows compared, {totals['missing']:,} missing")
 
     def in_database(self) -> None:
         for start, indexed in (("backlog", True), ("backlog", False), ("empty", True)):
