@@ -28,10 +28,10 @@ BLOCKS_PER_PERIOD = 3
 
 #: The columns and types of every expected-rows frame.
 EXPECTED_SCHEMA = pl.Schema({
-    "settlement_date": pl.Date,
-    "settlement_period": pl.Int32,
-    "farm_id": pl.String,
-    "miner_model": pl.String,
+    "settlement_date": pl.Date(),
+    "settlement_period": pl.Int32(),
+    "farm_id": pl.String(),
+    "miner_model": pl.String(),
     "bitcoin_mined": BITCOIN,
     "difficulty": pl.Decimal(38, 10),
 })
@@ -273,7 +273,7 @@ def _finish(frames: list[pl.DataFrame]) -> pl.DataFrame:
     rows = pl.concat(frames).with_columns(
         pl.col("settlement_period").cast(pl.Int32), pl.col("miner_model").cast(pl.String)
     )
-    return rows.sort(KEY).select(EXPECTED_SCHEMA.names()).cast(dict(EXPECTED_SCHEMA))
+    return rows.sort(KEY).select(EXPECTED_SCHEMA.names()).cast(EXPECTED_SCHEMA)
 
 
 def v1_reference(

@@ -214,8 +214,8 @@ def _reconcile(session: Session, month: Month, job: _Job, on_step: StepCallback 
                 snapshot = extract.extract_month(session.read_url, month, layout)
             except SourceDataError as error:  # a data error is the month's state: record it
                 if not job.dry_run:
-                    run_id = _start_run(session, month, job)
-                    _record_failure(session, month, run_id, error, steps.timings)
+                    _record_failure(session, month, _start_run(session, month, job), error,
+                                    steps.timings)
                 raise
         files = {name: str(path) for name, path in snapshot.files.items()}
         asked: dict[str, Any] = {"formula": job.version, "fix": tuple(sorted(job.fix))}
