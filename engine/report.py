@@ -3,13 +3,16 @@ whose `to_dict()` is the JSON rendering of the same thing."""
 
 from __future__ import annotations
 
-from engine.demo import DemoResult
-from engine.difficulty import DifficultyLoad
-from engine.embedded import ServerStatus
-from engine.operations import DiffReport, MonthDiff, UndoResult
-from engine.pipeline import MonthResult
-from engine.planfile import RepairPlan
-from engine.schema import InitResult
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # annotations only: `engine --help` need not import Polars and DuckDB
+    from engine.demo import DemoResult
+    from engine.difficulty import DifficultyLoad
+    from engine.embedded import ServerStatus
+    from engine.operations import DiffReport, MonthDiff, UndoResult
+    from engine.pipeline import MonthResult
+    from engine.planfile import RepairPlan
+    from engine.schema import InitResult
 
 STEPS = ("extract", "recompute", "diff", "load", "verify", "record")
 
