@@ -31,6 +31,8 @@ RATIOS: tuple[tuple[str, str, str, float | None], ...] = (
     ("engine_empty", "floor", "engine (from empty) / floor (COPY + connectorx read)", 3.0),
     ("engine_run_empty", "floor", "`engine run --jobs 3` (from empty) / floor", 3.0),
     ("engine_empty", "floor_indexed", "engine (from empty) / floor with the unique index", None),
+    ("engine_run_empty", "floor_production", "`engine run --jobs 3` (from empty) / floor into a "
+     "production-shaped table", None),
 )
 
 
@@ -60,7 +62,8 @@ def render(results: Results) -> str:
     order = ("engine_month", "engine_backlog", "engine_empty", "engine_run_backlog",
              "engine_run_empty", "engine_diff", "sql_backlog",
              "sql_backlog_no_index", "sql_empty", "original_month", "original_all",
-             "original_all_paused", "floor_copy", "floor_copy_indexed", "floor_read")
+             "original_all_paused", "floor_copy", "floor_copy_indexed", "floor_copy_production",
+             "floor_read")
     lines += [_row(f[key]) for key in order if key in f]
     if "floor_copy" in f and "floor_read" in f:
         floor = f["floor_copy"].work + f["floor_read"].work
@@ -144,7 +147,7 @@ def _row(x: Figure) -> str:
 def _ratio(f: dict[str, Figure], ours: str, theirs: str) -> float | None:
     if ours not in f or not f[ours].work:
         return None
-    if theirs in ("floor", "floor_indexed"):
+    if theirs in ("floor", "floor_indexed", "floor_production"):
         copy = "floor_copy" + theirs.removeprefix("floor")
         if copy not in f or "floor_read" not in f:
             return None

@@ -253,6 +253,9 @@ class _Run:
         figures["floor_copy_indexed"] = Figure(
             "ADBC COPY into a new table with the unique key index", "empty", p["rows"],
             p["seconds_indexed"], note="for reference: what the index alone costs")
+        figures["floor_copy_production"] = Figure(
+            "ADBC COPY into a table shaped like the calculations table", "empty", p["rows"],
+            p["seconds_production"], note="for reference: serial id, primary key and unique key")
         run = self.best_of("backlog", python_module("benchmarks.workloads", "read-floor", self.url))
         figures["floor_read"] = Figure("connectorx read of the curtailment records", "-",
                                        run.payload["rows"], run.payload["seconds"], run.wall,
