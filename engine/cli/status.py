@@ -72,12 +72,17 @@ def report(
     output: Annotated[Path | None, typer.Option(
         help="Where --format markdown writes the report (default data/reports/report-…md).")] = None,
     jobs: Annotated[int, typer.Option(min=1, help="Parallel months the estimate assumes.")] = 3,
+    html: Annotated[Path | None, typer.Option(
+        "--html", help="Also write one self-contained HTML page (status tables, a heatmap of "
+        "the missing rows by day, charts per year and month) to this file; it opens offline.")
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
     """The remaining work (months and days with missing rows, worst first), the failures with
     their errors, and the time left, estimated from the measured speed of earlier runs."""
     from engine.backlog import build_report, daily_summaries
     from engine.pipeline import open_session
+    from engine.status import get_status
 
     chosen = "json" if as_json else format
     if chosen not in FORMATS:
@@ -85,8 +90,15 @@ def report(
     settings = Settings.from_env()
     url = resolve_database(settings)
     with open_session(settings, url) as session, session.transaction() as cursor:
-        result = build_report(cursor, [m.name for m in session.models], jobs=jobs)
+        models = [m.name for m in session.models]
+        result = build_report(cursor, models, jobs=jobs)
         summaries = daily_summaries(cursor) if chosen == "markdown" else []
+        overview = get_status(cursor, models) if html else None
+    if html and overview:
+        from engine.html_report import render
+
+        _write(html, render(overview, result))
+        err.print(f"wrote {html}")
     if chosen != "markdown":
         emit(result.to_dict() if chosen == "json" else status_report.report_text(result),
              chosen == "json")
@@ -100,6 +112,13 @@ def report(
     typer.echo(f"wrote {path}" + (f" and {len(summaries)} daily summar"
                                    f"{'y' if len(summaries) == 1 else 'ies'} in {reports}"
                                    if summaries else ""))
+
+
+def _write(path: Path, text: str) -> None:
+    try:
+        path.write_text(text, encoding="utf-8")
+    except OSError as error:
+        raise InputError(f"cannot write {path}: {error.strerror}") from None
 
 
 def _watch(settings: Settings, url: str, interval: float, as_json: bool) -> None:
