@@ -59,13 +59,14 @@ class BackfillRequest:
     throttle: ThrottleConfig = field(default_factory=ThrottleConfig)
     command: str = "run"
     version: str = "v1"
+    fix: frozenset[str] = frozenset()  # also repair these classes (engine.repair.FIXES)
 
     def to_dict(self) -> dict[str, Any]:
         return {"from": str(self.first) if self.first else None,
                 "to": str(self.last) if self.last else None, "order": self.order,
                 "only": sorted(self.selection), "jobs": self.jobs, "wait_busy": self.wait_busy,
                 "retry": self.retry.to_dict(), "throttle": self.throttle.to_dict(),
-                "formula": self.version}
+                "formula": self.version, "fix": sorted(self.fix)}
 
 
 @dataclass(frozen=True)
@@ -221,7 +222,7 @@ class _Runner:
         self.stop = threading.Event()
         self.work = MonthWork(backfill_id=backfill_id, retry=request.retry,
                               wait_busy=request.wait_busy, busy_grace=request.busy_grace,
-                              version=request.version,
+                              version=request.version, fix=request.fix,
                               command=request.command, emit=emit, stop=self.stop)
         self.started = time.monotonic()
         self.outcomes: dict[Month, MonthOutcome] = {}

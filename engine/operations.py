@@ -201,6 +201,37 @@ def undo_run(session: Session, run_id: int) -> UndoResult:
     return UndoResult(run_id, undo_id, record.month, restored, check)
 
 
+BACKFILL_RUNS = """
+SELECT id FROM reconciliation_runs
+WHERE backfill_id = $1 AND undone_by IS NULL AND status IN ('verified', 'unverified')
+ORDER BY id DESC
+"""
+
+
+def undo_backfill(session: Session, backfill_id: int,
+                  on_run: Callable[[UndoResult], None] | None = None) -> list[UndoResult]:
+    """Undo every run of backfill `backfill_id` that changed something, newest first, each as
+    `undo_run` does. Raises `UndoRefused` when it has none, or at the first run that cannot be
+    undone (the runs undone before it stay undone; the message says which)."""
+    with db.translated_errors(session.url), session.transaction() as cursor:
+        runs = [int(r[0]) for r in db.fetch_all(cursor, BACKFILL_RUNS, (backfill_id,))]
+    runs = [r for r in runs if undo.has_record(session.settings.data_dir, r)]
+    if not runs:
+        raise UndoRefused(f"backfill {backfill_id} has no run left to undo (unknown, already "
+                          "undone, or it changed nothing)")
+    done: list[UndoResult] = []
+    for run_id in runs:
+        try:
+            done.append(undo_run(session, run_id))
+        except UndoRefused as error:
+            undone = ", ".join(str(r.run_id) for r in done) or "none"
+            raise UndoRefused(f"{error} (backfill {backfill_id}: runs undone before it: {undone})"
+                              ) from None
+        if on_run:
+            on_run(done[-1])
+    return done
+
+
 def _samples(found: Diff, n: int) -> dict[str, list[dict[str, Any]]]:
     """Up to `n` rows of each class; drift and duplicates take one of each cause first."""
     out = {}

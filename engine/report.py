@@ -75,6 +75,8 @@ def demo_summary(result: DemoResult) -> str:
         f"time        {result.seconds:.1f} s in all, "
         f"{sum(m.seconds for m in result.months):.1f} s reconciling",
     ]
+    if data.damage:
+        lines.insert(1, f"damage      {_causes(data.damage)} (rows; `engine diff` finds them)")
     failed = [m for m in result.months if m.status == "unverified"]
     lines.extend(f"  {m.month} VERIFICATION FAILED" for m in failed)
     return "\n".join(lines)

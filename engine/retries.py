@@ -152,9 +152,9 @@ class MonthWork:
 
     def __init__(self, *, backfill_id: int, retry: RetryPolicy, wait_busy: bool, version: str,
                  command: str, emit: EventCallback, stop: threading.Event,
-                 busy_grace: float = BUSY_GRACE_SECONDS) -> None:
+                 busy_grace: float = BUSY_GRACE_SECONDS, fix: frozenset[str] = frozenset()) -> None:
         self.backfill_id, self.retry, self.wait_busy = backfill_id, retry, wait_busy
-        self.busy_grace = busy_grace
+        self.busy_grace, self.fix = busy_grace, fix
         self.version, self.command, self.emit, self.stop = version, command, emit, stop
         self.rng = random.Random()
 
@@ -186,7 +186,7 @@ class MonthWork:
                 tries += 1
                 self.emit(Event("start", month, f"try {tries}"))
                 result = reconcile_month(
-                    worker.session(), month, version=self.version,
+                    worker.session(), month, version=self.version, fix=self.fix,
                     command=self.command,
                     on_step=lambda m, step: self.emit(Event("step", m, step)))
             except TRANSIENT as error:

@@ -64,6 +64,11 @@ def backfill_summary(result: BackfillResult) -> str:
         f"({result.rows_per_second:,.0f} rows/s) · {counts['retries']} retr"
         f"{'y' if counts['retries'] == 1 else 'ies'}",
     ]
+    updated = sum(o.rows.get("updated", 0) for o in result.outcomes)
+    deleted = sum(o.rows.get("deleted", 0) for o in result.outcomes)
+    if updated or deleted:
+        lines.append(f"repaired {updated:,} row(s) updated · {deleted:,} deleted "
+                     f"(`engine undo --backfill {result.backfill_id}` puts them back)")
     decisions = result.throttle.get("decisions", [])
     if decisions or result.throttle.get("waited_seconds"):
         lines.append(f"throttle {len(decisions)} decision(s), waited "

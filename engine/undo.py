@@ -134,6 +134,11 @@ def directory(data_dir: Path, run_id: int) -> Path:
     return data_dir / "undo" / str(run_id)
 
 
+def has_record(data_dir: Path, run_id: int) -> bool:
+    """Whether run `run_id` left an undo record (it changed something)."""
+    return (directory(data_dir, run_id) / MANIFEST).exists()
+
+
 def applied_at(cursor: db.Cursor) -> datetime:
     """The transaction's `localtimestamp`: the `calculated_at` of every row it writes."""
     value = db.fetch_all(cursor, NOW)[0][0]

@@ -13,6 +13,7 @@ from rich.live import Live
 
 from engine import status_report
 from engine.cli import JsonOption, app, emit, err, handled, resolve_database
+from engine.cli.month import FormulaOption
 from engine.config import Settings
 from engine.errors import InputError
 from engine.months import Month
@@ -59,6 +60,11 @@ def run(
         "is busy: other active sessions, lock waits, a slow merge; recover when it calms.")] = False,
     busy_backends: BusyBackends = 4,
     plan_only: Annotated[bool, typer.Option("--plan-only", help="Print the plan and stop.")] = False,
+    fix: Annotated[list[str] | None, typer.Option(
+        "--fix", help="Also repair these classes in each month's transaction: drift, duplicates, "
+        "orphans or all (repeat or comma-separate). Completed months are then included unless "
+        "--only says otherwise; `engine undo --backfill ID` takes it all back.")] = None,
+    formula: FormulaOption = "v1",
     as_json: JsonOption = False,
 ) -> None:
     """Backfill: reconcile every month that has curtailment (or --from/--to), several at a time,
@@ -69,14 +75,20 @@ def run(
     outlasted the retries, 130 when interrupted.
     """
     from engine.backfill import BackfillRequest, RetryPolicy
+    from engine.formula import FORMULAS
     from engine.plan import ORDERS, parse_selection
+    from engine.repair import parse_fix
     from engine.throttle import ThrottleConfig
 
     if order not in ORDERS:
         raise InputError(f"--order must be one of {', '.join(ORDERS)}, not {order!r}")
+    if formula not in FORMULAS:
+        raise InputError(f"--formula must be one of {', '.join(FORMULAS)}, not {formula!r}")
+    fixes = parse_fix(fix)
     request = BackfillRequest(
         first=Month.parse(first) if first else None, last=Month.parse(last) if last else None,
-        order=order, selection=parse_selection(only), jobs=jobs, wait_busy=wait,
+        order=order, selection=parse_selection(only if only or not fixes else "all"), jobs=jobs,
+        wait_busy=wait, version=formula, fix=fixes,
         retry=RetryPolicy(attempts=retries + 1),
         throttle=ThrottleConfig(max_rows_per_second=max_rows_per_second, pause_seconds=pause,
                                 load_aware=load_aware, busy_backends=busy_backends))

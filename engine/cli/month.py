@@ -56,6 +56,11 @@ def month(
 def demo(
     months: Annotated[str, typer.Option(
         help="Months to generate, as YYYY-MM or FIRST..LAST.")] = "2022-01..2024-12",
+    legacy_damage: Annotated[bool, typer.Option(
+        "--legacy-damage", help="Also write the older writers' damage on top of the backlog, in "
+        "known numbers per cause (fallback and stale difficulty, per-farm formula, linear SQL, "
+        "per-record duplicates, halving reward, unknown), for `engine diff` and `--fix` to "
+        "find. Its duplicates leave the table without the unique key index.")] = False,
     as_json: JsonOption = False,
 ) -> None:
     """Fill the database with realistic synthetic data (real farms, seasonal wind, DST days,
@@ -71,6 +76,7 @@ def demo(
     url = resolve_database(settings)
     err.print(f"generating {len(targets)} month(s) of demo data…")
     with month_bar(len(targets)) as (on_month, on_step):
-        result = run_demo(settings, targets, url=url, on_month=on_month, on_step=on_step)
+        result = run_demo(settings, targets, url=url, legacy_damage=legacy_damage,
+                          on_month=on_month, on_step=on_step)
     emit(result.to_dict() if as_json else report.demo_summary(result), as_json)
     raise typer.Exit(result.exit_code)

@@ -97,23 +97,35 @@ def apply(
 @app.command()
 @handled
 def undo(
-    run_id: Annotated[int, typer.Argument(help="The run to undo (the number `engine month` "
-                                                "prints as `run N`).")],
+    run_id: Annotated[int | None, typer.Argument(
+        help="The run to undo (the number `engine month` prints as `run N`).")] = None,
+    backfill: Annotated[int | None, typer.Option(
+        "--backfill", help="Undo every run of this backfill instead (the number `engine run` "
+        "prints as `backfill N`), newest first.")] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Undo one run: remove the rows it inserted and put back every row it updated or deleted,
     exactly as they were (from data/undo/RUN_ID/), in one transaction; then refresh and verify
     the month's summaries. Refuses if a later change touched those rows.
     """
-    from engine.operations import undo_run
+    from engine.operations import undo_backfill, undo_run
     from engine.pipeline import open_session
 
+    if (run_id is None) == (backfill is None):
+        raise InputError("give a run id or --backfill ID (one of them)")
     settings = Settings.from_env()
     url = resolve_database(settings)
     with open_session(settings, url) as session:
-        result = undo_run(session, run_id)
-    emit(result.to_dict() if as_json else report.undo_summary(result), as_json)
-    raise typer.Exit(result.exit_code)
+        if run_id is not None:
+            result = undo_run(session, run_id)
+            emit(result.to_dict() if as_json else report.undo_summary(result), as_json)
+            raise typer.Exit(result.exit_code)
+        assert backfill is not None
+        results = undo_backfill(session, backfill, on_run=None if as_json else (
+            lambda done: typer.echo(report.undo_summary(done))))
+    if as_json:
+        emit({"backfill_id": backfill, "runs": [r.to_dict() for r in results]}, True)
+    raise typer.Exit(max(r.exit_code for r in results))
 
 
 def _months(month: str | None, first: str | None, last: str | None) -> list[Month]:

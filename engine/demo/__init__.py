@@ -15,7 +15,7 @@ from datetime import date
 from decimal import Decimal
 from typing import Any
 
-from engine import db, formula, schema
+from engine import db, formula, legacy, schema
 from engine.config import REFERENCE_DIR, Settings, load_miner_models
 from engine.demo import generate
 from engine.errors import InputError
@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 DEMO_TABLES = ("curtailment_records", "historical_bitcoin_calculations", "bitcoin_difficulty",
                "bitcoin_daily_summaries", "bitcoin_monthly_summaries", "bitcoin_yearly_summaries",
-               "reconciliation_progress", "reconciliation_runs")
+               "reconciliation_progress", "reconciliation_runs", "reconciliation_backfills")
 _COUNT_ROWS = """SELECT (SELECT count(*) FROM curtailment_records)
                    + (SELECT count(*) FROM historical_bitcoin_calculations)"""
 _TRUNCATE = f"TRUNCATE {', '.join(DEMO_TABLES)} RESTART IDENTITY"
@@ -39,11 +39,13 @@ class DemoData:
     present_rows: int
     difficulty_dates: int
     seconds: float
+    # Rows the older writers damaged, per cause (`--legacy-damage`; per_record_rows counts rows).
+    damage: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {"curtailment_records": self.curtailment_records, "expected_rows": self.expected_rows,
                 "present_rows": self.present_rows, "difficulty_dates": self.difficulty_dates,
-                "seconds": round(self.seconds, 3)}
+                "damage": self.damage, "seconds": round(self.seconds, 3)}
 
 
 @dataclass(frozen=True)
@@ -65,9 +67,13 @@ class DemoResult:
                 "seconds": round(self.seconds, 3), "months": [m.to_dict() for m in self.months]}
 
 
-def fill_database(url: str, months: list[Month], *, embedded: bool, seed: int = 2024) -> DemoData:
+def fill_database(url: str, months: list[Month], *, embedded: bool, seed: int = 2024,
+                  legacy_damage: bool = False) -> DemoData:
     """Generate the demo data for `months` and write it, replacing what the tables held.
 
+    With `legacy_damage` the older writers' damage of `legacy.DEMO_DAMAGE` goes on top of the
+    backlog; its duplicated keys leave the calculations table without the unique key index
+    (as `engine db init` leaves such a table: with the lookup index instead).
     Raises `InputError` on a non-embedded database whose tables already hold rows.
     """
     start = time.perf_counter()
@@ -84,8 +90,14 @@ def fill_database(url: str, months: list[Month], *, embedded: bool, seed: int = 
     difficulty = generate.difficulty(months, real)
     expected = formula.expected_rows(records, difficulty, models)
     present = generate.backlog(expected)
+    damage: dict[str, int] = {}
+    if legacy_damage:
+        damaged = legacy.damage(present, records, difficulty, models)
+        present, damage = damaged.rows, damaged.counts
     with db.connect(url) as conn, db.translated_errors(url), conn.cursor() as cursor:
         cursor.execute(_TRUNCATE)
+        if legacy_damage:
+            cursor.execute(f"DROP INDEX IF EXISTS {schema.KEY_INDEX}")
         cursor.adbc_ingest("curtailment_records", records.to_arrow(), mode="append")
         cursor.adbc_ingest("bitcoin_difficulty", difficulty.to_arrow(), mode="append")
         cursor.adbc_ingest(schema.CALCULATIONS, present.to_arrow(), mode="append")
@@ -93,17 +105,20 @@ def fill_database(url: str, months: list[Month], *, embedded: bool, seed: int = 
     with db.connect(url, autocommit=True) as conn, conn.cursor() as cursor:
         cursor.execute("ANALYZE curtailment_records")
         cursor.execute(f"ANALYZE {schema.CALCULATIONS}")
+    if legacy_damage:
+        schema.init_schema(url)  # duplicates block the unique index: the lookup index instead
     return DemoData(records.height, expected.height, present.height, difficulty.height,
-                    time.perf_counter() - start)
+                    time.perf_counter() - start, damage)
 
 
 def run_demo(settings: Settings, months: list[Month], *, url: str | None = None,
-             on_month: Callable[[MonthResult], None] | None = None,
+             legacy_damage: bool = False, on_month: Callable[[MonthResult], None] | None = None,
              on_step: StepCallback | None = None) -> DemoResult:
     """Fill the database with demo data for `months`, then reconcile each month in turn."""
     start = time.perf_counter()
     url = url or db.resolve_url(settings.database_url, settings.data_dir)
-    data = fill_database(url, months, embedded=settings.database_url is None)
+    data = fill_database(url, months, embedded=settings.database_url is None,
+                         legacy_damage=legacy_damage)
     results = []
     with open_session(settings, url) as session:
         for month in months:
