@@ -19,12 +19,12 @@ EXPORT = """SELECT id, settlement_date, settlement_period, farm_id, miner_model,
 # Rows no qualifying curtailment implies: no record of the farm with |volume| > 0 in that
 # period, or a model the engine does not know. Counted here without the engine.
 ORPHANS = """
+WITH qualifying AS (
+    SELECT settlement_date, settlement_period, farm_id FROM curtailment_records
+    GROUP BY settlement_date, settlement_period, farm_id HAVING sum(abs(volume)) > 0)
 SELECT count(*) FROM historical_bitcoin_calculations c
-WHERE c.miner_model NOT IN ('S19J_PRO', 'S9', 'M20S') OR NOT EXISTS (
-    SELECT FROM curtailment_records r
-    WHERE (r.settlement_date, r.settlement_period, r.farm_id)
-        = (c.settlement_date, c.settlement_period, c.farm_id)
-    GROUP BY r.settlement_date, r.settlement_period, r.farm_id HAVING sum(abs(r.volume)) > 0)
+LEFT JOIN qualifying q USING (settlement_date, settlement_period, farm_id)
+WHERE q.farm_id IS NULL OR c.miner_model NOT IN ('S19J_PRO', 'S9', 'M20S')
 """
 
 

@@ -41,7 +41,7 @@ def test_max_rows_per_second_holds_within_20_percent_over_a_run(database_url, se
     rate = total / result.seconds
     assert 0.8 * limit <= rate <= 1.2 * limit, f"{rate:.0f} rows/s against a limit of {limit:.0f}"
     record = json.loads(execute(database_url, "SELECT throttle::text FROM reconciliation_backfills")[0][0])
-    assert record["waited_seconds"] > 0.8
+    assert record["waited_seconds"] > 0  # how long depends on the machine; the rate does not
     assert {d["action"] for d in record["decisions"]} == {"wait"}
 
 
