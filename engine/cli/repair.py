@@ -27,7 +27,7 @@ def diff(
 ) -> None:
     """Show what differs between the calculations and what the source implies: missing,
     drift, orphans and duplicates, with the probable cause of each drifted or duplicated row
-    and whether the summaries agree. Writes data/diffs/<class>/month=YYYY-MM/; changes nothing
+    and whether the summaries agree. Writes data/diffs/CLASS/month=YYYY-MM/; changes nothing
     in the database.
 
     Exit 0 when every month is exact, 1 when anything differs, 2 on bad input.
@@ -106,7 +106,8 @@ def undo(
 ) -> None:
     """Undo one run: remove the rows it inserted and put back every row it updated or deleted,
     exactly as they were (from data/undo/RUN_ID/), in one transaction; then refresh and verify
-    the month's summaries. Refuses if a later change touched those rows.
+    the month's summaries. Refuses if a later change touched those rows. With --backfill, undo
+    each run of an `engine run` that way, newest first.
     """
     from engine.operations import undo_backfill, undo_run
     from engine.pipeline import open_session
