@@ -15,7 +15,7 @@ from datetime import date
 from decimal import Decimal
 from typing import Any
 
-from engine import db, formula, legacy, schema
+from engine import db, formula, legacy, schema, summaries
 from engine.config import REFERENCE_DIR, Settings, load_miner_models
 from engine.demo import generate
 from engine.errors import InputError
@@ -101,6 +101,8 @@ def fill_database(url: str, months: list[Month], *, embedded: bool, seed: int = 
         cursor.adbc_ingest("curtailment_records", records.to_arrow(), mode="append")
         cursor.adbc_ingest("bitcoin_difficulty", difficulty.to_arrow(), mode="append")
         cursor.adbc_ingest(schema.CALCULATIONS, present.to_arrow(), mode="append")
+        for month in months:  # production's summaries agree with the rows it holds
+            summaries.refresh(cursor, month)
         conn.commit()
     with db.connect(url, autocommit=True) as conn, conn.cursor() as cursor:
         cursor.execute("ANALYZE curtailment_records")
