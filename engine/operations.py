@@ -180,10 +180,7 @@ def undo_run(session: Session, run_id: int) -> UndoResult:
     record, before, inserted = undo.read_record(session.settings.data_dir, run_id)
     with db.translated_errors(session.url), month_lock(session, record.month):
         with session.transaction() as cursor:
-            run = undo.lock_run(cursor, run_id)
-            if run.month != str(record.month):
-                raise UndoRefused(f"the undo record of run {run_id} is for {record.month}, "
-                                  f"the run for {run.month}")
+            _lock_run(cursor, record)
             state = progress.month_states(cursor, record.month, record.month).get(record.month)
             undo_id = progress.start_run(cursor, record.month, "undo", record.formula,
                                          {"undo_of": run_id})
@@ -201,9 +198,28 @@ def undo_run(session: Session, run_id: int) -> UndoResult:
     return UndoResult(run_id, undo_id, record.month, restored, check)
 
 
+def check_undo(session: Session, run_id: int) -> None:
+    """Raise `UndoRefused` unless `undo_run(session, run_id)` could be done now. Changes
+    nothing."""
+    record, before, inserted = undo.read_record(session.settings.data_dir, run_id)
+    with db.translated_errors(session.url), session.transaction() as cursor:
+        _lock_run(cursor, record)
+        undo.check(cursor, record, before, inserted)
+
+
+def _lock_run(cursor: db.Cursor, record: undo.UndoRecord) -> None:
+    run = undo.lock_run(cursor, record.run_id)
+    if run.month != str(record.month):
+        raise UndoRefused(f"the undo record of run {record.run_id} is for {record.month}, "
+                          f"the run for {run.month}")
+
+
+# The runs of a backfill that wrote something and are not undone yet, newest first.
 BACKFILL_RUNS = """
 SELECT id FROM reconciliation_runs
-WHERE backfill_id = $1 AND undone_by IS NULL AND status IN ('verified', 'unverified')
+WHERE backfill_id = $1 AND undone_by IS NULL AND status = ANY($2)
+  AND coalesce((rows->>'inserted')::bigint, 0) + coalesce((rows->>'updated')::bigint, 0)
+    + coalesce((rows->>'deleted')::bigint, 0) > 0
 ORDER BY id DESC
 """
 
@@ -211,14 +227,21 @@ ORDER BY id DESC
 def undo_backfill(session: Session, backfill_id: int,
                   on_run: Callable[[UndoResult], None] | None = None) -> list[UndoResult]:
     """Undo every run of backfill `backfill_id` that changed something, newest first, each as
-    `undo_run` does. Raises `UndoRefused` when it has none, or at the first run that cannot be
-    undone (the runs undone before it stay undone; the message says which)."""
+    `undo_run` does (in its own transaction). Every run is checked first: raises `UndoRefused`,
+    having undone nothing, when there is none or one of them cannot be undone. (A run another
+    process changes between the check and its undo still refuses; the runs undone before it
+    stay undone, and the message says which.)"""
     with db.translated_errors(session.url), session.transaction() as cursor:
-        runs = [int(r[0]) for r in db.fetch_all(cursor, BACKFILL_RUNS, (backfill_id,))]
-    runs = [r for r in runs if undo.has_record(session.settings.data_dir, r)]
+        runs = [int(r[0]) for r in db.fetch_all(cursor, BACKFILL_RUNS,
+                                                (backfill_id, list(undo.UNDOABLE)))]
     if not runs:
         raise UndoRefused(f"backfill {backfill_id} has no run left to undo (unknown, already "
                           "undone, or it changed nothing)")
+    for run_id in runs:
+        try:
+            check_undo(session, run_id)
+        except UndoRefused as error:
+            raise UndoRefused(f"{error} (backfill {backfill_id}: nothing was undone)") from None
     done: list[UndoResult] = []
     for run_id in runs:
         try:

@@ -11,7 +11,8 @@ Every run that writes leaves, before it commits:
 `restore` runs in the caller's transaction: it refuses unless every row is as the run left it
 (an updated row still holds the run's values and `calculated_at`, a deleted id is still
 absent, each inserted key is still the run's row), then deletes the inserted rows, puts the
-updated ones back and re-inserts the deleted ones with their ids.
+updated ones back and re-inserts the deleted ones with their ids. `check` makes the same
+checks and changes nothing, so several runs can be checked before any is undone.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from typing import Any
 import adbc_driver_manager
 import polars as pl
 
-from engine import db
+from engine import db, schema
 from engine.errors import UndoRefused
 from engine.formula import KEY
 from engine.months import Month
@@ -38,6 +39,7 @@ MANIFEST, BEFORE, INSERTED = "manifest.json", "before.parquet", "inserted.parque
 ROWS, KEYS = "engine_undo_rows", "engine_undo_inserted"
 _KEY = ", ".join(KEY_COLUMNS)
 _SAME_KEY = " AND ".join(f"c.{k} = i.{k}" for k in KEY_COLUMNS)
+_SAME_KEY_AS_ROW = " AND ".join(f"c.{k} = u.{k}" for k in KEY_COLUMNS)
 
 NOW = "SELECT localtimestamp"
 CREATE_ROWS = f"""
@@ -62,7 +64,16 @@ WHERE u.action = 'update' AND c.calculated_at = $1
 FOR UPDATE OF c
 """
 DELETED_BACK = f"SELECT count(*) FROM {CALCULATIONS} c JOIN {ROWS} u USING (id) WHERE u.action = 'delete'"
+# Deleted rows whose key is taken again (the unique key index would refuse them).
+DELETED_KEY_TAKEN = f"""
+SELECT count(*) FROM {ROWS} u WHERE u.action = 'delete'
+  AND EXISTS (SELECT 1 FROM {CALCULATIONS} c WHERE {_SAME_KEY_AS_ROW})
+"""
 ANALYZE_KEYS = f"ANALYZE {KEYS}"
+# $1: the run's applied_at.
+INSERTED_LEFT = f"""
+SELECT count(*) FROM {CALCULATIONS} c JOIN {KEYS} i ON {_SAME_KEY} WHERE c.calculated_at = $1
+"""
 # With a bound parameter the driver cannot tell the rows affected: the statement counts them.
 DELETE_INSERTED = f"""
 WITH gone AS (
@@ -132,11 +143,6 @@ class UndoRecord:
 
 def directory(data_dir: Path, run_id: int) -> Path:
     return data_dir / "undo" / str(run_id)
-
-
-def has_record(data_dir: Path, run_id: int) -> bool:
-    """Whether run `run_id` left an undo record (it changed something)."""
-    return (directory(data_dir, run_id) / MANIFEST).exists()
 
 
 def applied_at(cursor: db.Cursor) -> datetime:
@@ -229,6 +235,20 @@ class Restored:
         return asdict(self)
 
 
+def check(cursor: db.Cursor, record: UndoRecord, before: pl.DataFrame,
+          inserted: pl.DataFrame) -> None:
+    """Raise `UndoRefused` unless `restore` could put the run back now. Changes nothing (it
+    stages the run's rows in temporary tables and locks the rows it updated until the
+    caller's transaction ends)."""
+    deletes = _stage(cursor, record, before, inserted)
+    if record.inserted:
+        left = int(db.fetch_all(cursor, INSERTED_LEFT, (record.applied_at,))[0][0])
+        if left != record.inserted:
+            raise UndoRefused(_inserted_changed(record, left))
+    if deletes and schema.has_unique_key(cursor) and db.fetch_all(cursor, DELETED_KEY_TAKEN)[0][0]:
+        raise UndoRefused(_key_index_forbids(record, deletes))
+
+
 def restore(cursor: db.Cursor, record: UndoRecord, before: pl.DataFrame,
             inserted: pl.DataFrame) -> Restored:
     """Put the table back as it was before the run, in the caller's transaction.
@@ -236,6 +256,27 @@ def restore(cursor: db.Cursor, record: UndoRecord, before: pl.DataFrame,
     Raises `UndoRefused` (the transaction must be rolled back) when a row is no longer as the
     run left it, or when the unique key index forbids re-inserting deleted duplicates.
     """
+    deletes = _stage(cursor, record, before, inserted)
+    removed = 0
+    if record.inserted:
+        removed = int(db.fetch_all(cursor, DELETE_INSERTED, (record.applied_at,))[0][0])
+        if removed != record.inserted:
+            raise UndoRefused(_inserted_changed(record, removed))
+    restored = db.execute(cursor, RESTORE_UPDATED)
+    try:
+        reinserted = db.execute(cursor, RESTORE_DELETED)
+    except adbc_driver_manager.IntegrityError as error:
+        raise UndoRefused(_key_index_forbids(record, deletes)) from error
+    if mismatched := db.fetch_all(cursor, NOT_RESTORED)[0][0]:
+        raise UndoRefused(f"{mismatched} row(s) did not come back exactly; nothing was changed")
+    return Restored(removed, restored, reinserted)
+
+
+def _stage(cursor: db.Cursor, record: UndoRecord, before: pl.DataFrame,
+           inserted: pl.DataFrame) -> int:
+    """Stage the before-images (and the inserted keys) in temporary tables, lock the rows the
+    run updated and refuse unless they and the deleted ids are as the run left them. Returns
+    how many rows the run deleted."""
     cursor.execute(CREATE_ROWS)
     if before.height:
         rows = before.select(ROW_COLUMNS).with_columns(pl.col("id").cast(pl.Int64),
@@ -252,25 +293,19 @@ def restore(cursor: db.Cursor, record: UndoRecord, before: pl.DataFrame,
     back = db.fetch_all(cursor, DELETED_BACK)[0][0]
     if back:
         raise UndoRefused(f"{back} row(s) run {record.run_id} deleted are present again")
-    removed = 0
     if record.inserted:
         cursor.execute(CREATE_KEYS)
         cursor.adbc_ingest(KEYS, inserted.to_arrow(), mode="append", temporary=True)
         # Without statistics the planner takes the staged keys for a handful and loops over them.
         cursor.execute(ANALYZE_KEYS)
-        removed = int(db.fetch_all(cursor, DELETE_INSERTED, (record.applied_at,))[0][0])
-        if removed != record.inserted:
-            raise UndoRefused(f"{record.inserted - removed} of the {record.inserted} row(s) run "
-                              f"{record.run_id} inserted were changed or removed since; undo the "
-                              "later runs first")
-    restored = db.execute(cursor, RESTORE_UPDATED)
-    try:
-        reinserted = db.execute(cursor, RESTORE_DELETED)
-    except adbc_driver_manager.IntegrityError as error:
-        raise UndoRefused(
-            f"run {record.run_id} deleted {deletes} duplicate row(s), and the unique key index "
-            "now forbids putting them back; drop historical_bitcoin_calculations_key to undo "
-            "it") from error
-    if mismatched := db.fetch_all(cursor, NOT_RESTORED)[0][0]:
-        raise UndoRefused(f"{mismatched} row(s) did not come back exactly; nothing was changed")
-    return Restored(removed, restored, reinserted)
+    return deletes
+
+
+def _inserted_changed(record: UndoRecord, left: int) -> str:
+    return (f"{record.inserted - left} of the {record.inserted} row(s) run {record.run_id} "
+            "inserted were changed or removed since; undo the later runs first")
+
+
+def _key_index_forbids(record: UndoRecord, deletes: int) -> str:
+    return (f"run {record.run_id} deleted {deletes} duplicate row(s), and the unique key index "
+            "now forbids putting them back; drop historical_bitcoin_calculations_key to undo it")

@@ -101,13 +101,14 @@ def undo(
         help="The run to undo (the number `engine month` prints as `run N`).")] = None,
     backfill: Annotated[int | None, typer.Option(
         "--backfill", help="Undo every run of this backfill instead (the number `engine run` "
-        "prints as `backfill N`), newest first.")] = None,
+        "prints as `backfill N`), newest first, after checking that each can be undone.")] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Undo one run: remove the rows it inserted and put back every row it updated or deleted,
     exactly as they were (from data/undo/RUN_ID/), in one transaction; then refresh and verify
     the month's summaries. Refuses if a later change touched those rows. With --backfill, undo
-    each run of an `engine run` that way, newest first.
+    each run of an `engine run` that way, newest first; if any of them cannot be undone, it
+    refuses before undoing one (exit 2).
     """
     from engine.operations import undo_backfill, undo_run
     from engine.pipeline import open_session

@@ -98,7 +98,7 @@ def report(
         from engine.html_report import render
 
         _write(html, render(overview, result))
-        err.print(f"wrote {html}")
+        err.print(f"wrote {html}", markup=False)  # a path may hold [brackets]
     if chosen != "markdown":
         emit(result.to_dict() if chosen == "json" else status_report.report_text(result),
              chosen == "json")

@@ -72,8 +72,9 @@ def fill_database(url: str, months: list[Month], *, embedded: bool, seed: int = 
     """Generate the demo data for `months` and write it, replacing what the tables held.
 
     With `legacy_damage` the older writers' damage of `legacy.DEMO_DAMAGE` goes on top of the
-    backlog; its duplicated keys leave the calculations table without the unique key index
-    (as `engine db init` leaves such a table: with the lookup index instead).
+    backlog; its duplicated keys leave the calculations table without the unique key index.
+    Either way the indexes end as `engine db init` leaves them (the lookup index instead of
+    the unique one where duplicates block it).
     Raises `InputError` on a non-embedded database whose tables already hold rows.
     """
     start = time.perf_counter()
@@ -107,8 +108,9 @@ def fill_database(url: str, months: list[Month], *, embedded: bool, seed: int = 
     with db.connect(url, autocommit=True) as conn, conn.cursor() as cursor:
         cursor.execute("ANALYZE curtailment_records")
         cursor.execute(f"ANALYZE {schema.CALCULATIONS}")
-    if legacy_damage:
-        schema.init_schema(url)  # duplicates block the unique index: the lookup index instead
+    # As `engine db init` leaves it: the unique key index, or (duplicates block it, also after
+    # an earlier damaged demo) the lookup index.
+    schema.init_schema(url)
     return DemoData(records.height, expected.height, present.height, difficulty.height,
                     time.perf_counter() - start, damage)
 
