@@ -10,11 +10,11 @@ from pathlib import Path
 
 import polars as pl
 
-from engine import db
 from engine.demo import DemoData, fill_database
-from engine.embedded import EmbeddedServer
 from engine.months import Month
-from engine.schema import CALCULATIONS, KEY_COLUMNS, KEY_INDEX
+from engine.store import db
+from engine.store.embedded import EmbeddedServer
+from engine.store.schema import CALCULATIONS, KEY_COLUMNS, KEY_INDEX
 
 log = logging.getLogger(__name__)
 

@@ -16,10 +16,10 @@ from typing import Any
 
 import pyarrow as pa
 
-from engine import db
-from engine.config import MinerModel
 from engine.months import Month
-from engine.schema import CALCULATIONS
+from engine.store import db
+from engine.store.config import MinerModel
+from engine.store.schema import CALCULATIONS
 
 MODELS = "bench_miner_models"
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from engine import db
-from engine.config import Settings
 from engine.demo import fill_database
 from engine.months import parse_range
+from engine.store import db
+from engine.store.config import Settings
 
 
 def main() -> int:

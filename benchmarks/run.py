@@ -30,8 +30,8 @@ from benchmarks import original
 from benchmarks.database import BenchDatabase, compare
 from benchmarks.measure import Measured, engine_command, python_module, run_measured
 from benchmarks.report import render, write_results
-from engine.config import REFERENCE_DIR, load_miner_models
 from engine.months import Month, parse_range
+from engine.store.config import REFERENCE_DIR, load_miner_models
 
 RESULTS = Path(__file__).parent / "RESULTS.md"
 

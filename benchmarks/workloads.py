@@ -20,8 +20,8 @@ from typing import Any
 
 START = time.perf_counter()
 
-from engine.config import REFERENCE_DIR, Settings, load_miner_models  # noqa: E402
 from engine.months import Month, parse_range  # noqa: E402
+from engine.store.config import REFERENCE_DIR, Settings, load_miner_models  # noqa: E402
 
 FLOOR_TABLE = "bench_copy_floor"
 # The columns `engine.extract.curtailment_sql` reads, for the whole table at once.
@@ -30,7 +30,8 @@ READ_FLOOR_SQL = ("SELECT id, settlement_date, settlement_period, farm_id, lead_
 
 
 def engine_months(url: str, data_dir: str, months: str) -> dict[str, Any]:
-    from engine.pipeline import open_session, reconcile_month
+    from engine.month.reconcile import reconcile_month
+    from engine.month.session import open_session
 
     imported = time.perf_counter() - START
     settings = Settings(database_url=url, data_dir=Path(data_dir))
@@ -72,8 +73,8 @@ def original_month(url: str, month: str) -> dict[str, Any]:
 def copy_floor(url: str, pattern: str) -> dict[str, Any]:
     import polars as pl
 
-    from engine import db
-    from engine.schema import CALCULATIONS, KEY_COLUMNS
+    from engine.store import db
+    from engine.store.schema import CALCULATIONS, KEY_COLUMNS
 
     rows = pl.read_parquet(pattern, hive_partitioning=False).to_arrow()  # loaded before the clock starts
     seconds = {}
@@ -98,7 +99,7 @@ def copy_floor(url: str, pattern: str) -> dict[str, Any]:
 
 
 def read_floor(url: str) -> dict[str, Any]:
-    from engine import db
+    from engine.store import db
 
     sql = READ_FLOOR_SQL
     start = time.perf_counter()

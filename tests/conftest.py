@@ -16,9 +16,9 @@ import adbc_driver_postgresql.dbapi as adbc
 import polars as pl
 import pytest
 
-from engine import db, schema
-from engine.config import Settings
-from engine.embedded import EmbeddedServer
+from engine.store import db, schema
+from engine.store.config import Settings
+from engine.store.embedded import EmbeddedServer
 
 PASSWORD_ROLE = "engine_password_probe"
 

@@ -9,10 +9,10 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 
-from engine.alerts import Alert, Alerter, mask_webhook
-from engine.backfill import BackfillRequest, run_backfill
-from engine.config import Settings
 from engine.months import Month
+from engine.operations.alerts import Alert, Alerter, mask_webhook
+from engine.operations.backfill import BackfillRequest, run_backfill
+from engine.store.config import Settings
 from tests.conftest import execute, insert_curtailment
 from tests.test_backfill import FAST_RETRY, engine, seed_two_months
 

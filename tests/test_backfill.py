@@ -15,14 +15,15 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from engine import db, progress
-from engine.backfill import BackfillRequest, BackfillResult, Event, RetryPolicy, run_backfill
 from engine.cli import app
-from engine.config import Settings
 from engine.demo import fill_database
 from engine.errors import InputError
+from engine.month import locks
 from engine.months import Month
-from engine.plan import order_months, parse_selection
+from engine.operations.backfill import BackfillRequest, BackfillResult, Event, RetryPolicy, run_backfill
+from engine.operations.selection import order_months, parse_selection
+from engine.store import db
+from engine.store.config import Settings
 from tests.conftest import execute, insert_curtailment, insert_difficulty
 
 #: Three small (summer) demo months in three years: 72,753 expected rows, 25,546 present.
@@ -175,7 +176,7 @@ def test_a_killed_run_restarted_finishes_with_no_duplicates_and_no_lost_month(da
     first.wait()
     at_kill = month_progress(database_url)
     # The killed process's backend lets the month lock go once it notices the lost client.
-    while execute(database_url, progress.HELD_MONTH_LOCKS, (progress.LOCK_CLASS,)):
+    while execute(database_url, locks.HELD_MONTH_LOCKS, (locks.LOCK_CLASS,)):
         assert time.monotonic() < deadline
         time.sleep(0.05)
 
@@ -329,7 +330,7 @@ def test_a_stale_in_progress_month_is_taken_over(database_url, settings, caplog)
 def test_a_busy_month_is_skipped_with_a_clear_message(database_url, settings, caplog):
     seed_two_months(database_url)
     with db.connect(database_url) as other, other.cursor() as cursor:
-        assert progress.try_lock(cursor, progress.month_lock_key(Month(2023, 12)))
+        assert locks.try_lock(cursor, locks.month_lock_key(Month(2023, 12)))
         other.commit()
         caplog.set_level("INFO")
         result = backfill(settings, busy_grace=0.2)
@@ -346,7 +347,7 @@ def test_with_wait_a_busy_month_is_done_once_the_other_process_lets_go(database_
     seed_two_months(database_url)
     other = db.connect(database_url)
     with other.cursor() as cursor:
-        progress.try_lock(cursor, progress.month_lock_key(Month(2023, 12)))
+        locks.try_lock(cursor, locks.month_lock_key(Month(2023, 12)))
     other.commit()
     threading.Timer(0.5, other.close).start()
 

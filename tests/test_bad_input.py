@@ -15,10 +15,11 @@ import pytest
 from typer.testing import CliRunner
 
 from engine.cli import app
-from engine.db import TransientDatabaseError
 from engine.errors import SourceDataError
+from engine.month.reconcile import reconcile_month
+from engine.month.session import open_session
 from engine.months import Month
-from engine.pipeline import open_session, reconcile_month
+from engine.store.db import TransientDatabaseError
 from tests.conftest import PASSWORD_ROLE, execute, insert_curtailment, insert_difficulty
 from tests.test_faults import ENGINE, bitcoin
 from tests.test_property_engine import insert_calculations, recompute

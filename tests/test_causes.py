@@ -12,11 +12,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine import causes, diff, formula, legacy, repair
-from engine.config import REFERENCE_DIR, MinerModel, load_miner_models
+from engine import formula
 from engine.demo import generate
 from engine.formula import KEY
+from engine.month import diff
 from engine.months import Month
+from engine.repairs import actions, causes, legacy
+from engine.store.config import REFERENCE_DIR, MinerModel, load_miner_models
 
 MODELS = load_miner_models(REFERENCE_DIR / "miner_models.toml")
 S9 = MinerModel("S9", 13.5, 1323)
@@ -191,7 +193,7 @@ def test_every_existing_row_is_in_exactly_one_class_and_fixing_all_leaves_nothin
     assert found.orphans.height == 1
     assert (found.duplicates.group_by(KEY).agg(pl.col("keep").sum())["keep"] == 1).all()
 
-    fixed = _apply_in_memory(damaged, expected, found, repair.plan_actions(found, frozenset(repair.FIXES)))
+    fixed = _apply_in_memory(damaged, expected, found, actions.plan_actions(found, frozenset(actions.FIXES)))
     assert not diff.compare(expected, fixed, tolerance, source).differs
 
 

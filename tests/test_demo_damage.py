@@ -7,10 +7,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from engine import report, schema
 from engine.demo import DemoResult, fill_database
-from engine.legacy import DEMO_DAMAGE
 from engine.months import Month
+from engine.repairs.legacy import DEMO_DAMAGE
+from engine.reporting import results
+from engine.store import schema
 from tests.conftest import execute, insert_curtailment, insert_difficulty
 from tests.test_backfill import engine
 
@@ -95,7 +96,7 @@ def test_the_damaged_demo_leaves_the_indexes_as_db_init_would_and_a_plain_one_re
 
     assert (after_damage.unique_key, after_damage.created_indexes) == ("blocked", ())
     assert after_damage.duplicate_keys == DEMO_DAMAGE["per_record_rows"]
-    assert "damage      fallback_difficulty 12 · stale_difficulty 10 · " in report.demo_summary(
+    assert "damage      fallback_difficulty 12 · stale_difficulty 10 · " in results.demo_summary(
         DemoResult(damaged))
     assert (after_plain.unique_key, after_plain.created_indexes) == ("present", ())
     assert plain.damage == {} and plain.expected_rows == damaged.expected_rows

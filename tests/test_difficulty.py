@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from engine import db
-from engine.config import REFERENCE_DIR
-from engine.difficulty import load_difficulty, read_difficulty_file
 from engine.errors import InputError
+from engine.store import db
+from engine.store.config import REFERENCE_DIR
+from engine.store.difficulty import load_difficulty, read_difficulty_file
 from tests.conftest import execute
 
 

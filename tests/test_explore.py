@@ -11,12 +11,13 @@ import polars as pl
 import pytest
 
 from engine import explore
-from engine.config import Settings
 from engine.demo import fill_database
 from engine.errors import DatabaseUnavailable, InputError, MissingDifficulty
 from engine.formula import KEY
+from engine.month.reconcile import reconcile_month
+from engine.month.session import open_session
 from engine.months import Month
-from engine.pipeline import open_session, reconcile_month
+from engine.store.config import Settings
 from tests.conftest import execute, insert_curtailment, insert_difficulty
 
 DECEMBER = Month(2023, 12)

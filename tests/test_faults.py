@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from engine import db
+from engine.store import db
 from tests.conftest import execute, insert_curtailment, insert_difficulty
 from tests.test_property_engine import Key, insert_calculations, recompute, table
 

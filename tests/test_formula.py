@@ -18,10 +18,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.config import REFERENCE_DIR, load_miner_models
 from engine.errors import MissingDifficulty, SourceDataError
 from engine.formula import EXPECTED_SCHEMA, KEY, expected_rows, one_miner_btc, round8_units, v1_reference
 from engine.months import periods_in_day
+from engine.store.config import REFERENCE_DIR, load_miner_models
 
 MODELS = load_miner_models(REFERENCE_DIR / "miner_models.toml")
 S19J_PRO = next(model for model in MODELS if model.name == "S19J_PRO")

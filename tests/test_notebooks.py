@@ -11,10 +11,11 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from engine.config import Settings
 from engine.demo import fill_database
+from engine.month.reconcile import reconcile_month
+from engine.month.session import open_session
 from engine.months import Month
-from engine.pipeline import open_session, reconcile_month
+from engine.store.config import Settings
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 NAMES = ("explore_gaps.ipynb", "throughput.ipynb")

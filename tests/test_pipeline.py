@@ -6,11 +6,13 @@ from datetime import date
 
 import pytest
 
-from engine import db, progress
-from engine.config import Settings
 from engine.errors import MissingDifficulty, MonthBusy, SourceDataError
+from engine.month import locks
+from engine.month.reconcile import MonthResult, reconcile_month
+from engine.month.session import open_session
 from engine.months import Month
-from engine.pipeline import MonthResult, open_session, reconcile_month
+from engine.store import db
+from engine.store.config import Settings
 from tests.conftest import calculations, execute, insert_curtailment, insert_difficulty
 
 DECEMBER = Month(2023, 12)
@@ -212,7 +214,7 @@ def test_without_the_unique_index_the_engine_still_adds_no_duplicate(settings, d
 def test_a_month_another_process_is_reconciling_is_left_alone(settings, database_url):
     seed_december(database_url)
     with db.connect(database_url) as other, other.cursor() as cursor:
-        assert progress.try_lock_month(cursor, DECEMBER)
+        assert locks.try_lock_month(cursor, DECEMBER)
         other.commit()
 
         with pytest.raises(MonthBusy, match="2023-12 is being reconciled by another process"):

@@ -19,8 +19,9 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
+from engine.month.reconcile import reconcile_month
+from engine.month.session import open_session
 from engine.months import Month, periods_in_day
-from engine.pipeline import open_session, reconcile_month
 from tests.conftest import execute, insert_curtailment, insert_difficulty
 
 Key = tuple[date, int, str, str]

@@ -11,13 +11,16 @@ from pathlib import Path
 
 import pytest
 
-from engine import db, formula, legacy, schema
-from engine.config import REFERENCE_DIR, Settings, load_miner_models
+from engine import formula
 from engine.demo import generate
 from engine.errors import InputError, RepairConflict, SchemaError
+from engine.month.reconcile import MonthResult, reconcile_month
+from engine.month.session import open_session
 from engine.months import Month
-from engine.operations import diff_month, diff_months
-from engine.pipeline import MonthResult, open_session, reconcile_month
+from engine.operations.review import diff_month, diff_months
+from engine.repairs import legacy
+from engine.store import db, schema
+from engine.store.config import REFERENCE_DIR, Settings, load_miner_models
 from tests.conftest import calculations, execute
 from tests.test_cli import engine
 from tests.test_pipeline import DECEMBER, seed_december

@@ -7,7 +7,8 @@ import json
 import re
 from pathlib import Path
 
-from engine import db, progress
+from engine.month import locks
+from engine.store import db
 from tests.conftest import execute, insert_curtailment, insert_difficulty
 from tests.test_backfill import engine, key_counts, seed_two_months
 
@@ -79,7 +80,7 @@ def test_a_failed_month_is_retried_and_exits_2_until_its_data_is_fixed(database_
 def test_an_overlapping_start_does_nothing_and_exits_0(database_url, tmp_path):
     seed_two_months(database_url)
     with db.connect(database_url) as other, other.cursor() as cursor:
-        assert progress.try_lock(cursor, (progress.LOCK_CLASS, progress.SCHEDULER_LOCK))
+        assert locks.try_lock(cursor, (locks.LOCK_CLASS, locks.SCHEDULER_LOCK))
         other.commit()
 
         result = engine(database_url, tmp_path, "scheduled")

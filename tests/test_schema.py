@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from engine import schema
+from engine.store import schema
 from tests.conftest import execute
 
 PRODUCTION_COLUMNS = {

@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from engine.backfill import BackfillRequest, run_backfill
+from engine.month.session import open_session
 from engine.months import Month
-from engine.pipeline import open_session
-from engine.status import get_status
+from engine.operations.backfill import BackfillRequest, run_backfill
+from engine.reporting.status import get_status
 from tests.conftest import execute, insert_curtailment, insert_difficulty
 from tests.test_backfill import FAST_RETRY, demo, engine, engine_process
 from tests.test_pipeline import seed_december

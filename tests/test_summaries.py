@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from engine import db, summaries
+from engine.month import summaries
 from engine.months import Month
+from engine.store import db
 from tests.conftest import execute
 from tests.test_pipeline import DECEMBER, seed_december
 from tests.test_repair import reconcile, seed_damaged_december

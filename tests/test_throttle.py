@@ -8,9 +8,9 @@ import threading
 import time
 from datetime import date
 
-from engine import db
-from engine.backfill import with_application_name
-from engine.throttle import LoadSample, Throttle, ThrottleConfig, sample_load
+from engine.operations.backfill import with_application_name
+from engine.operations.throttle import LoadSample, Throttle, ThrottleConfig, sample_load
+from engine.store import db
 from tests.conftest import execute, insert_curtailment, insert_difficulty
 from tests.test_backfill import backfill
 

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from engine.config import Settings
 from engine.errors import PlanOutdated, UndoRefused
-from engine.operations import apply_plan, make_plan, undo_run
-from engine.pipeline import open_session
-from engine.planfile import read, write
+from engine.month.session import open_session
+from engine.operations.review import apply_plan, make_plan, undo_run
+from engine.repairs.plans import read, write
+from engine.store.config import Settings
 from tests.conftest import calculations, execute, insert_curtailment
 from tests.test_cli import engine
 from tests.test_pipeline import DECEMBER, seed_december

@@ -18,10 +18,10 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from engine import db
-from engine.config import Settings
 from engine.errors import EngineError
 from engine.months import Month
+from engine.store import db
+from engine.store.config import Settings
 
 app = typer.Typer(
     help="Reconcile historical_bitcoin_calculations with curtailment_records, month by month.\n\n"

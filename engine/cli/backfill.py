@@ -11,16 +11,16 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.live import Live
 
-from engine import status_report
 from engine.cli import JsonOption, app, emit, err, handled, resolve_database
 from engine.cli.month import FormulaOption
-from engine.config import Settings
 from engine.errors import InputError
 from engine.months import Month
+from engine.reporting import status_text
+from engine.store.config import Settings
 
 if TYPE_CHECKING:  # for annotations only
-    from engine.backfill import BackfillRequest, BackfillResult, Event
-    from engine.backlog import DailySummary
+    from engine.operations.backfill import BackfillRequest, BackfillResult, Event
+    from engine.reporting.backlog import DailySummary
 
 Jobs = Annotated[int, typer.Option("--jobs", "-j", min=1, max=32,
                                    help="Months reconciled in parallel, each on its own connection.")]
@@ -74,11 +74,11 @@ def run(
     verification failed, 2 when a month failed on its data, 75 when transient failures
     outlasted the retries, 130 when interrupted.
     """
-    from engine.backfill import BackfillRequest, RetryPolicy
     from engine.formula import FORMULAS
-    from engine.plan import ORDERS, parse_selection
-    from engine.repair import parse_fix
-    from engine.throttle import ThrottleConfig
+    from engine.operations.backfill import BackfillRequest, RetryPolicy
+    from engine.operations.selection import ORDERS, parse_selection
+    from engine.operations.throttle import ThrottleConfig
+    from engine.repairs.actions import parse_fix
 
     if order not in ORDERS:
         raise InputError(f"--order must be one of {', '.join(ORDERS)}, not {order!r}")
@@ -98,7 +98,7 @@ def run(
         _print_plan(settings, url, request, as_json)
         return
     result = _backfill(settings, url, request)
-    emit(result.to_dict() if as_json else status_report.backfill_summary(result), as_json)
+    emit(result.to_dict() if as_json else status_text.backfill_summary(result), as_json)
     raise typer.Exit(result.exit_code)
 
 
@@ -123,10 +123,10 @@ def scheduled(
     1 a verification failed; 2 bad data, configuration or an unreachable database;
     75 transient failures outlasted the retries (try again later).
     """
-    from engine.alerts import Alerter
-    from engine.backfill import RetryPolicy
-    from engine.scheduled import run_scheduled
-    from engine.throttle import ThrottleConfig
+    from engine.operations.alerts import Alerter
+    from engine.operations.backfill import RetryPolicy
+    from engine.operations.scheduled import run_scheduled
+    from engine.operations.throttle import ThrottleConfig
 
     settings = Settings.from_env()
     url = resolve_database(settings)
@@ -138,13 +138,13 @@ def scheduled(
                                alerter=Alerter(settings.alert_webhook, source="engine scheduled"))
     if result.backfill is not None:
         write_daily_summary(settings, url)
-    emit(result.to_dict() if as_json else status_report.scheduled_summary(result), as_json)
+    emit(result.to_dict() if as_json else status_text.scheduled_summary(result), as_json)
     raise typer.Exit(result.exit_code)
 
 
 def _backfill(settings: Settings, url: str, request: BackfillRequest) -> BackfillResult:
-    from engine.alerts import Alerter
-    from engine.backfill import run_backfill
+    from engine.operations.alerts import Alerter
+    from engine.operations.backfill import run_backfill
 
     with dashboard("run", request.jobs) as on_event:
         result = run_backfill(settings, request, url=url, on_event=on_event,
@@ -154,20 +154,20 @@ def _backfill(settings: Settings, url: str, request: BackfillRequest) -> Backfil
 
 
 def _print_plan(settings: Settings, url: str, request: BackfillRequest, as_json: bool) -> None:
-    from engine.pipeline import open_session
-    from engine.plan import build_plan
+    from engine.month.session import open_session
+    from engine.operations.selection import build_plan
 
     with open_session(settings, url) as session, session.transaction() as cursor:
         plan = build_plan(cursor, first=request.first, last=request.last, order=request.order,
                           selection=request.selection)
-    emit(plan.to_dict() if as_json else status_report.plan_line(plan, request.jobs), as_json)
+    emit(plan.to_dict() if as_json else status_text.plan_line(plan, request.jobs), as_json)
 
 
 @contextmanager
 def dashboard(command: str, jobs: int) -> Iterator[Callable[[Event], None]]:
     """An event callback: a rich live dashboard on a terminal, plain lines on stderr otherwise.
     The plan is printed first either way."""
-    from engine.live import Tracker
+    from engine.reporting.live import Tracker
 
     tracker = Tracker(command)
 
@@ -176,14 +176,14 @@ def dashboard(command: str, jobs: int) -> Iterator[Callable[[Event], None]]:
         if event.kind == "plan" and event.plan is not None:
             if not event.plan.months and command == "scheduled":
                 return  # the summary says it; cron logs stay short
-            err.print(status_report.plan_line(event.plan, jobs), markup=False, highlight=False)
-        elif not err.is_terminal and (line := status_report.event_line(event)):
+            err.print(status_text.plan_line(event.plan, jobs), markup=False, highlight=False)
+        elif not err.is_terminal and (line := status_text.event_line(event)):
             err.print(line, markup=False, highlight=False)
 
     if not err.is_terminal:
         yield on_event
         return
-    with Live(get_renderable=lambda: status_report.live_panel(tracker.view()), console=err,
+    with Live(get_renderable=lambda: status_text.live_panel(tracker.view()), console=err,
               refresh_per_second=4, transient=False):
         try:
             yield on_event
@@ -195,8 +195,8 @@ def write_daily_summary(settings: Settings, url: str) -> Path | None:
     """Write today's summary to data/reports/YYYY-MM-DD.md (and .json); never fails the run."""
     import logging
 
-    from engine.backlog import todays_summary
-    from engine.pipeline import open_session
+    from engine.month.session import open_session
+    from engine.reporting.backlog import todays_summary
 
     try:
         with open_session(settings, url) as session, session.transaction() as cursor:
@@ -210,6 +210,6 @@ def write_daily_summary(settings: Settings, url: str) -> Path | None:
 def write_summary_files(directory: Path, summary: DailySummary) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{summary.day}.md"
-    path.write_text(status_report.daily_markdown(summary))
+    path.write_text(status_text.daily_markdown(summary))
     path.with_suffix(".json").write_text(json.dumps(summary.to_dict(), indent=2, default=str) + "\n")
     return path

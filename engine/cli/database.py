@@ -7,40 +7,41 @@ from typing import Annotated
 
 import typer
 
-from engine import db, report
 from engine.cli import JsonOption, db_app, difficulty_app, emit, err, handled, resolve_database
-from engine.config import Settings
+from engine.reporting import results
+from engine.store import db
+from engine.store.config import Settings
 
 
 @db_app.command("init")
 @handled
 def db_init(as_json: JsonOption = False) -> None:
     """Create the tables and indexes that are missing. Never drops or rewrites data."""
-    from engine.schema import init_schema
+    from engine.store.schema import init_schema
 
     result = init_schema(resolve_database(Settings.from_env()))
-    emit(result.to_dict() if as_json else report.init_summary(result), as_json)
+    emit(result.to_dict() if as_json else results.init_summary(result), as_json)
 
 
 @db_app.command("status")
 @handled
 def db_status(as_json: JsonOption = False) -> None:
     """Show whether the embedded PostgreSQL is running, where, and its URL."""
-    from engine.embedded import EmbeddedServer
+    from engine.store.embedded import EmbeddedServer
 
     settings = Settings.from_env()
     if settings.database_url and not as_json:
         err.print(f"note: ENGINE_DATABASE_URL is set ({db.mask_url(settings.database_url)}); "
                   "the embedded server is not used")
     status = EmbeddedServer(settings.data_dir / "postgres").status()
-    emit(status.to_dict() if as_json else report.server_summary(status), as_json)
+    emit(status.to_dict() if as_json else results.server_summary(status), as_json)
 
 
 @db_app.command("stop")
 @handled
 def db_stop() -> None:
     """Stop the embedded PostgreSQL (it starts again on the next command that needs it)."""
-    from engine.embedded import EmbeddedServer
+    from engine.store.embedded import EmbeddedServer
 
     stopped = EmbeddedServer(Settings.from_env().data_dir / "postgres").stop()
     typer.echo("stopped" if stopped else "it was not running")
@@ -53,7 +54,7 @@ def difficulty_load(
     as_json: JsonOption = False,
 ) -> None:
     """Import daily difficulty; new dates are inserted, changed values updated."""
-    from engine.difficulty import load_difficulty, read_difficulty_file
+    from engine.store.difficulty import load_difficulty, read_difficulty_file
 
     frame = read_difficulty_file(file)
     settings = Settings.from_env()
@@ -61,4 +62,4 @@ def difficulty_load(
     with db.connect(url) as conn, db.translated_errors(url):
         result = load_difficulty(conn, frame, lock_timeout_ms=settings.lock_timeout_ms,
                                  statement_timeout_ms=settings.statement_timeout_ms)
-    emit(result.to_dict() if as_json else report.difficulty_summary(result), as_json)
+    emit(result.to_dict() if as_json else results.difficulty_summary(result), as_json)

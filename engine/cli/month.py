@@ -6,10 +6,10 @@ from typing import Annotated
 
 import typer
 
-from engine import report
 from engine.cli import JsonOption, app, emit, err, handled, month_bar, resolve_database, step_spinner
-from engine.config import Settings
 from engine.months import Month, parse_range
+from engine.reporting import results
+from engine.store.config import Settings
 
 FixOption = Annotated[list[str] | None, typer.Option(
     "--fix", help="Also repair these classes in the same transaction: drift, duplicates, "
@@ -37,8 +37,9 @@ def month(
     Exit 0 when verified (or nothing to do), 1 when verification fails, 2 on bad input,
     missing difficulty or a database problem.
     """
-    from engine.pipeline import open_session, reconcile_month
-    from engine.repair import parse_fix
+    from engine.month.reconcile import reconcile_month
+    from engine.month.session import open_session
+    from engine.repairs.actions import parse_fix
 
     target = Month.parse(month)
     fixes = parse_fix(fix)
@@ -47,7 +48,7 @@ def month(
     with open_session(settings, url) as session, step_spinner() as on_step:
         result = reconcile_month(session, target, dry_run=dry_run, on_step=on_step, fix=fixes,
                                  version=formula)
-    emit(result.to_dict() if as_json else report.month_summary(result), as_json)
+    emit(result.to_dict() if as_json else results.month_summary(result), as_json)
     raise typer.Exit(result.exit_code)
 
 
@@ -78,5 +79,5 @@ def demo(
     with month_bar(len(targets)) as (on_month, on_step):
         result = run_demo(settings, targets, url=url, legacy_damage=legacy_damage,
                           on_month=on_month, on_step=on_step)
-    emit(result.to_dict() if as_json else report.demo_summary(result), as_json)
+    emit(result.to_dict() if as_json else results.demo_summary(result), as_json)
     raise typer.Exit(result.exit_code)

@@ -7,12 +7,12 @@ from typing import Annotated
 
 import typer
 
-from engine import report
 from engine.cli import JsonOption, app, emit, handled, resolve_database, step_spinner
 from engine.cli.month import FixOption, FormulaOption
-from engine.config import Settings
 from engine.errors import InputError
 from engine.months import Month, month_range
+from engine.reporting import results
+from engine.store.config import Settings
 
 
 @app.command()
@@ -32,8 +32,8 @@ def diff(
 
     Exit 0 when every month is exact, 1 when anything differs, 2 on bad input.
     """
-    from engine.operations import diff_months
-    from engine.pipeline import open_session
+    from engine.month.session import open_session
+    from engine.operations.review import diff_months
 
     months = _months(month, first, last)
     settings = Settings.from_env()
@@ -41,7 +41,7 @@ def diff(
     with open_session(settings, url) as session, step_spinner() as on_step:
         result = diff_months(session, months, version=formula, samples=samples,
                              on_month=lambda found: on_step(found.month, "diffed"))
-    emit(result.to_dict() if as_json else report.diff_summary(result), as_json)
+    emit(result.to_dict() if as_json else results.diff_summary(result), as_json)
     raise typer.Exit(result.exit_code)
 
 
@@ -58,9 +58,9 @@ def plan(
     fingerprint of the month's source rows; `engine apply FILE` carries it out later (and
     refuses if the source changed). Changes nothing in the database.
     """
-    from engine.operations import make_plan
-    from engine.pipeline import open_session
-    from engine.planfile import write
+    from engine.month.session import open_session
+    from engine.operations.review import make_plan
+    from engine.repairs.plans import write
 
     target = Month.parse(month)
     settings = Settings.from_env()
@@ -68,7 +68,7 @@ def plan(
     with open_session(settings, url) as session:
         made = make_plan(session, target, fix=fix or (), version=formula)
     write(made, output)
-    emit(made.to_dict() | {"file": str(output)} if as_json else report.plan_summary(made, output),
+    emit(made.to_dict() | {"file": str(output)} if as_json else results.plan_summary(made, output),
          as_json)
 
 
@@ -83,14 +83,14 @@ def apply(
     what is needed. Exit 0 when verified, 1 when verification fails, 2 when the plan is
     outdated or bad.
     """
-    from engine.operations import apply_plan
-    from engine.pipeline import open_session
+    from engine.month.session import open_session
+    from engine.operations.review import apply_plan
 
     settings = Settings.from_env()
     url = resolve_database(settings)
     with open_session(settings, url) as session, step_spinner() as on_step:
         result = apply_plan(session, file, on_step=on_step)
-    emit(result.to_dict() if as_json else report.month_summary(result), as_json)
+    emit(result.to_dict() if as_json else results.month_summary(result), as_json)
     raise typer.Exit(result.exit_code)
 
 
@@ -110,8 +110,8 @@ def undo(
     each run of an `engine run` that way, newest first; if any of them cannot be undone, it
     refuses before undoing one (exit 2).
     """
-    from engine.operations import undo_backfill, undo_run
-    from engine.pipeline import open_session
+    from engine.month.session import open_session
+    from engine.operations.review import undo_backfill, undo_run
 
     if (run_id is None) == (backfill is None):
         raise InputError("give a run id or --backfill ID (one of them)")
@@ -120,14 +120,14 @@ def undo(
     with open_session(settings, url) as session:
         if run_id is not None:
             result = undo_run(session, run_id)
-            emit(result.to_dict() if as_json else report.undo_summary(result), as_json)
+            emit(result.to_dict() if as_json else results.undo_summary(result), as_json)
             raise typer.Exit(result.exit_code)
         assert backfill is not None
-        results = undo_backfill(session, backfill, on_run=None if as_json else (
-            lambda done: typer.echo(report.undo_summary(done))))
+        undone = undo_backfill(session, backfill, on_run=None if as_json else (
+            lambda done: typer.echo(results.undo_summary(done))))
     if as_json:
-        emit({"backfill_id": backfill, "runs": [r.to_dict() for r in results]}, True)
-    raise typer.Exit(max(r.exit_code for r in results))
+        emit({"backfill_id": backfill, "runs": [r.to_dict() for r in undone]}, True)
+    raise typer.Exit(max(r.exit_code for r in undone))
 
 
 def _months(month: str | None, first: str | None, last: str | None) -> list[Month]:

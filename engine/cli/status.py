@@ -10,12 +10,12 @@ from typing import Annotated
 import typer
 from rich.live import Live
 
-from engine import status_report
 from engine.cli import JsonOption, app, emit, err, handled, resolve_database
 from engine.cli.backfill import write_summary_files
-from engine.config import Settings
 from engine.errors import InputError
 from engine.months import Month
+from engine.reporting import status_text
+from engine.store.config import Settings
 
 FORMATS = ("text", "json", "markdown")
 
@@ -31,8 +31,8 @@ def status(
 ) -> None:
     """Where the reconciliation stands: percent reconciled overall, per year and per miner
     model; months by status; rows expected, present and missing; the last run and when."""
-    from engine.pipeline import open_session
-    from engine.status import get_status
+    from engine.month.session import open_session
+    from engine.reporting.status import get_status
 
     settings = Settings.from_env()
     url = resolve_database(settings)
@@ -41,7 +41,7 @@ def status(
         return
     with open_session(settings, url) as session, session.transaction() as cursor:
         result = get_status(cursor, [m.name for m in session.models])
-    emit(result.to_dict() if as_json else status_report.status_text(result), as_json)
+    emit(result.to_dict() if as_json else status_text.status_text(result), as_json)
 
 
 @app.command("status-month")
@@ -52,15 +52,15 @@ def status_month(
 ) -> None:
     """One month by day: expected, present and missing rows per miner model, the incomplete
     days first; the month's status, attempts, last error and last run."""
-    from engine.pipeline import open_session
-    from engine.status import get_month_status
+    from engine.month.session import open_session
+    from engine.reporting.status import get_month_status
 
     target = Month.parse(month)
     settings = Settings.from_env()
     url = resolve_database(settings)
     with open_session(settings, url) as session, session.transaction() as cursor:
         result = get_month_status(cursor, target, [m.name for m in session.models])
-    emit(result.to_dict() if as_json else status_report.month_status_text(result), as_json)
+    emit(result.to_dict() if as_json else status_text.month_status_text(result), as_json)
 
 
 @app.command("report")
@@ -80,9 +80,9 @@ def report(
 ) -> None:
     """The remaining work (months and days with missing rows, worst first), the failures with
     their errors, and the time left, estimated from the measured speed of earlier runs."""
-    from engine.backlog import build_report, daily_summaries
-    from engine.pipeline import open_session
-    from engine.status import get_status
+    from engine.month.session import open_session
+    from engine.reporting.backlog import build_report, daily_summaries
+    from engine.reporting.status import get_status
 
     chosen = "json" if as_json else format
     if chosen not in FORMATS:
@@ -95,18 +95,18 @@ def report(
         summaries = daily_summaries(cursor) if chosen == "markdown" else []
         overview = get_status(cursor, models) if html else None
     if html and overview:
-        from engine.html_report import render
+        from engine.reporting.html_page import render
 
         _write(html, render(overview, result))
         err.print(f"wrote {html}", markup=False)  # a path may hold [brackets]
     if chosen != "markdown":
-        emit(result.to_dict() if chosen == "json" else status_report.report_text(result),
+        emit(result.to_dict() if chosen == "json" else status_text.report_text(result),
              chosen == "json")
         return
     reports = settings.data_dir / "reports"
     path = output or reports / f"report-{datetime.now():%Y%m%d-%H%M%S}.md"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(status_report.report_markdown(result))
+    path.write_text(status_text.report_markdown(result))
     for summary in summaries:
         write_summary_files(reports, summary)
     typer.echo(f"wrote {path}" + (f" and {len(summaries)} daily summar"
@@ -122,8 +122,8 @@ def _write(path: Path, text: str) -> None:
 
 
 def _watch(settings: Settings, url: str, interval: float, as_json: bool) -> None:
-    from engine import db
-    from engine.live import read_live
+    from engine.reporting.live import read_live
+    from engine.store import db
 
     def view():  # type: ignore[no-untyped-def]
         with db.connect(url) as conn, db.translated_errors(url), conn.cursor() as cursor:
@@ -135,13 +135,13 @@ def _watch(settings: Settings, url: str, interval: float, as_json: bool) -> None
         return
     if as_json or not err.is_terminal:
         while True:
-            emit(current.to_dict() if as_json else status_report.live_line(current), as_json)
+            emit(current.to_dict() if as_json else status_text.live_line(current), as_json)
             if current.state != "running":
                 return
             time.sleep(interval)
             current = view() or current
-    with Live(status_report.live_panel(current), console=err, refresh_per_second=4) as live:
+    with Live(status_text.live_panel(current), console=err, refresh_per_second=4) as live:
         while current.state == "running":
             time.sleep(interval)
             current = view() or current
-            live.update(status_report.live_panel(current))
+            live.update(status_text.live_panel(current))

@@ -15,12 +15,16 @@ from datetime import date
 from decimal import Decimal
 from typing import Any
 
-from engine import db, formula, legacy, schema, summaries
-from engine.config import REFERENCE_DIR, Settings, load_miner_models
+from engine import formula
 from engine.demo import generate
 from engine.errors import InputError
+from engine.month import summaries
+from engine.month.reconcile import MonthResult, StepCallback, reconcile_month
+from engine.month.session import open_session
 from engine.months import Month
-from engine.pipeline import MonthResult, StepCallback, open_session, reconcile_month
+from engine.repairs import legacy
+from engine.store import db, schema
+from engine.store.config import REFERENCE_DIR, Settings, load_miner_models
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from engine import decimals
+from engine.formula import decimals
 from engine.months import Month, periods_in_day
 
 FALLBACK_DIFFICULTY = 108105433845147

@@ -1,0 +1,110 @@
+"""Step 1, extract: read a month of source rows, calculations and difficulty with connectorx."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+
+from engine.errors import SourceDataError
+from engine.months import Month
+from engine.store import db
+from engine.store.paths import Layout, write_parquet
+from engine.store.schema import CALCULATIONS
+
+
+def _in_month(month: Month) -> str:
+    return (f"settlement_date >= {db.literal(month.first_day)} "
+            f"AND settlement_date < {db.literal(month.next_first_day)}")
+
+
+def curtailment_sql(month: Month) -> str:
+    return ("SELECT id, settlement_date, settlement_period, farm_id, lead_party_name, volume "
+            f"FROM curtailment_records WHERE {_in_month(month)}")
+
+
+def calculations_sql(month: Month, *, narrow: bool = False) -> str:
+    """All columns for the snapshot; with `narrow`, what verification reads: key and bitcoin."""
+    columns = "settlement_date, settlement_period, farm_id, miner_model, bitcoin_mined"
+    if not narrow:
+        columns = f"id, {columns}, difficulty, calculated_at"
+    return f"SELECT {columns} FROM {CALCULATIONS} WHERE {_in_month(month)}"
+
+
+def non_finite_sql(month: Month) -> str:
+    """Records whose volume is NaN or ±Infinity: numeric allows them, connectorx cannot read them."""
+    return ("SELECT settlement_date, settlement_period, farm_id, volume::text AS volume "
+            f"FROM curtailment_records WHERE {_in_month(month)} "
+            "AND volume::text IN ('NaN', 'Infinity', '-Infinity') ORDER BY 1, 2, 3")
+
+
+def difficulty_sql(month: Month) -> str:
+    return f"SELECT settlement_date, difficulty FROM bitcoin_difficulty WHERE {_in_month(month)}"
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A month as the database held it, and where its Parquet copies are."""
+
+    month: Month
+    curtailment: pl.DataFrame
+    calculations: pl.DataFrame
+    difficulty: pl.DataFrame
+    files: dict[str, Path]
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "curtailment_records": self.curtailment.height,
+            "calculations": self.calculations.height,
+            "difficulty_dates": self.difficulty.height,
+        }
+
+
+def extract_month(url: str, month: Month, layout: Layout) -> Snapshot:
+    """Read the month's three inputs and write each to `data/extracts/<table>/month=…/`."""
+    queries = {
+        "curtailment_records": curtailment_sql(month),
+        CALCULATIONS: calculations_sql(month),
+        "bitcoin_difficulty": difficulty_sql(month),
+    }
+
+    def read_and_write(name: str) -> tuple[pl.DataFrame, Path]:
+        try:
+            frame = read(url, queries[name])
+        except db.TransientDatabaseError:
+            if name == "curtailment_records":
+                _reject_non_finite(url, month)
+            raise
+        return frame, write_parquet(frame, layout.extract(name, month))
+
+    # connectorx and Parquet writes release the GIL: the three reads overlap.
+    with ThreadPoolExecutor(len(queries)) as pool:
+        done = dict(zip(queries, pool.map(read_and_write, queries), strict=True))
+    frames = {name: frame for name, (frame, _) in done.items()}
+    files = {name: path for name, (_, path) in done.items()}
+    return Snapshot(month, frames["curtailment_records"], frames[CALCULATIONS],
+                    frames["bitcoin_difficulty"], files)
+
+
+def extract_after(url: str, month: Month, layout: Layout) -> Path:
+    """Re-read the month's calculations (key and bitcoin) after a load."""
+    return write_parquet(read(url, calculations_sql(month, narrow=True)), layout.after(month))
+
+
+def _reject_non_finite(url: str, month: Month) -> None:
+    """Raise `SourceDataError` naming the records when a failed read was a non-finite volume."""
+    bad = read(url, non_finite_sql(month))
+    if bad.height:
+        first = bad.row(0, named=True)
+        raise SourceDataError(
+            f"{bad.height} curtailment record(s) of {month} have a non-finite volume (first: "
+            f"{first['settlement_date']} period {first['settlement_period']} farm "
+            f"{first['farm_id']}, volume {first['volume']}); fix or delete them")
+
+
+def read(url: str, sql: str) -> pl.DataFrame:
+    frame = pl.from_arrow(db.read_arrow(url, sql))
+    assert isinstance(frame, pl.DataFrame)
+    return frame

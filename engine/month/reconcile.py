@@ -1,0 +1,390 @@
+"""One month end to end: extract → recompute → diff → load (and repair) → verify → record.
+
+The one orchestrator of a month: the only module that calls several steps
+(`engine.operations.review` reuses its `examine` for `engine diff` and `engine plan`). It holds
+no SQL and no maths.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from engine import formula
+from engine.errors import EngineError, InputError, PlanOutdated, SourceDataError
+from engine.month import diff, extract, load, progress, summaries, verify
+from engine.month.session import Session, month_lock
+from engine.months import Month
+from engine.repairs import actions, causes, plans, undo
+from engine.store import db
+from engine.store.config import MinerModel
+from engine.store.paths import write_parquet
+
+log = logging.getLogger(__name__)
+
+StepCallback = Callable[[Month, str], None]
+
+#: Statuses of a month's result; these exit 0, `unverified` exits 1.
+OK_STATUSES = ("verified", "nothing_to_do", "dry_run")
+
+
+@dataclass(frozen=True)
+class MonthResult:
+    """What one reconciliation of a month found and did. `to_dict()` is the `--json` contract."""
+
+    month: Month
+    status: str  # verified | unverified | nothing_to_do | dry_run
+    run_id: int | None
+    rows: dict[str, int]
+    timings: dict[str, float]
+    verdict: verify.Verdict | None = None
+    files: dict[str, str] = field(default_factory=dict)
+    formula: str = "v1"
+    fix: tuple[str, ...] = ()
+    causes: dict[str, int] = field(default_factory=dict)  # drift and duplicate rows per cause
+    repairs: dict[str, dict[str, int]] = field(default_factory=dict)  # done (dry run: to do)
+    summaries: dict[str, Any] | None = None  # the summaries refresh, when there was one
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.status in OK_STATUSES else 1
+
+    @property
+    def seconds(self) -> float:
+        return sum(self.timings.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "month": str(self.month),
+            "status": self.status,
+            "run_id": self.run_id,
+            "rows": self.rows,
+            "timings": {step: round(seconds, 4) for step, seconds in self.timings.items()},
+            "seconds": round(self.seconds, 4),
+            "verdict": self.verdict.to_dict() if self.verdict else None,
+            "files": self.files,
+            "formula": self.formula,
+            "fix": list(self.fix),
+            "causes": self.causes,
+            "repairs": self.repairs,
+            "summaries": self.summaries,
+        }
+
+
+def reconcile_month(
+    session: Session,
+    month: Month,
+    *,
+    dry_run: bool = False,
+    version: str = "v1",
+    command: str = "month",
+    on_step: StepCallback | None = None,
+    fix: Iterable[str] = (),
+    plan: plans.RepairPlan | None = None,
+) -> MonthResult:
+    """Reconcile `month`: insert its missing calculation rows in one transaction, then verify.
+
+    `fix` (`drift`, `duplicates`, `orphans` or `all`) repairs those classes in the same
+    transaction too; `version` is the formula (`v1` or `halving`). With a `plan` (from
+    `engine plan`) its fix and formula are used, and the month changes only if that does
+    exactly what the plan says and the source still has the plan's fingerprint.
+    Raises `EngineError` subclasses (missing difficulty, bad source rows, a lost connection,
+    `PlanOutdated`, `RepairConflict`); the month's progress row then shows `failed` with the
+    message. With `dry_run` nothing is written to the database; the Parquet files are still
+    written.
+    """
+    job = _Job.make(dry_run, version, command, fix, plan)
+    if plan is not None and plan.month != month:
+        raise InputError(f"the plan is for {plan.month}, not {month}")
+    if dry_run:
+        return _reconcile(session, month, job, on_step)
+    with month_lock(session, month):
+        return _reconcile(session, month, job, on_step)
+
+
+@dataclass(frozen=True)
+class _Job:
+    """What was asked of one month."""
+
+    dry_run: bool
+    version: str
+    command: str
+    fix: frozenset[str]
+    plan: plans.RepairPlan | None
+
+    @classmethod
+    def make(cls, dry_run: bool, version: str, command: str, fix: Iterable[str],
+             plan: plans.RepairPlan | None) -> _Job:
+        if plan is not None:
+            version, fix = plan.formula, plan.fix
+        if version not in formula.FORMULAS:
+            raise InputError(f"formula {version!r} is not one of {', '.join(formula.FORMULAS)}")
+        fixes = fix if isinstance(fix, frozenset) else actions.parse_fix(fix)
+        return cls(dry_run, version, command, fixes, plan)
+
+
+@dataclass(frozen=True)
+class Examined:
+    """A month extracted, recomputed and diffed (drift and duplicates with their causes)."""
+
+    snapshot: extract.Snapshot
+    expected: pl.DataFrame
+    tolerance: pl.DataFrame
+    diff: diff.Diff
+    files: dict[str, str]  # the expected rows' and each class's Parquet
+
+
+def examine(session: Session, month: Month, version: str, *,
+            snapshot: extract.Snapshot | None = None, steps: _Steps | None = None) -> Examined:
+    """Extract `month` (unless its `snapshot` is given), recompute it with formula `version` and
+    diff it; write the expected rows and each class under `data/`. Writes nothing to the
+    database. Raises `InputError` for an unknown formula, `SourceDataError` for bad source rows
+    or missing difficulty."""
+    if version not in formula.FORMULAS:
+        raise InputError(f"formula {version!r} is not one of {', '.join(formula.FORMULAS)}")
+    steps = steps or _Steps(month, None)
+    layout = session.layout
+    with db.translated_errors(session.url):
+        if snapshot is None:
+            with steps("extract"):
+                snapshot = extract.extract_month(session.read_url, month, layout)
+        with steps("recompute"):
+            expected = formula.expected_rows(snapshot.curtailment, snapshot.difficulty,
+                                             session.models, version)
+            tolerance = formula.one_miner_btc(snapshot.difficulty, session.models, version)
+            files = {"expected": str(write_parquet(expected, layout.expected(month)))}
+        with steps("diff"):
+            found = find_differences(snapshot, expected, tolerance, session.models, version)
+            for kind, frame in found.frames().items():
+                files[f"diff_{kind}"] = str(write_parquet(frame, layout.diff(kind, month)))
+    return Examined(snapshot, expected, tolerance, found, files)
+
+
+def _reconcile(session: Session, month: Month, job: _Job, on_step: StepCallback | None) -> MonthResult:
+    steps = _Steps(month, on_step)
+    layout = session.layout
+    with db.translated_errors(session.url):
+        if job.plan is not None:  # refuse a stale plan before anything is recorded
+            with session.transaction() as cursor:
+                plans.check_fingerprint(cursor, job.plan)
+        with steps("extract"):
+            try:
+                snapshot = extract.extract_month(session.read_url, month, layout)
+            except SourceDataError as error:  # a data error is the month's state: record it
+                if not job.dry_run:
+                    _record_failure(session, month, _start_run(session, month, job), error,
+                                    steps.timings)
+                raise
+        files = {name: str(path) for name, path in snapshot.files.items()}
+        asked: dict[str, Any] = {"formula": job.version, "fix": tuple(sorted(job.fix))}
+        if snapshot.curtailment.is_empty() and snapshot.calculations.is_empty():
+            return MonthResult(month, "nothing_to_do", None, _rows(None), steps.timings,
+                               files=files, **asked)
+
+        run_id = None if job.dry_run else _start_run(session, month, job)
+        try:
+            examined = examine(session, month, job.version, snapshot=snapshot, steps=steps)
+            before, tolerance = examined.diff, examined.tolerance
+            files |= examined.files
+            with steps("diff"):
+                changes = actions.plan_actions(before, job.fix)
+            asked["causes"] = causes.count(before)
+            if job.plan is not None:
+                _check_plan(job.plan, before, changes, job)
+            if run_id is None:
+                return MonthResult(month, "dry_run", None, _rows(before), steps.timings, files=files,
+                                   repairs=actions.counts(changes), **asked)
+
+            with steps("load"):
+                try:
+                    written = _write(session, month, run_id, before, changes, job, files,
+                                     skip_conflicts=False)
+                except load.KeyConflict:
+                    log.info("%s: another writer inserted some of the keys; merging around them",
+                             month)
+                    written = _write(session, month, run_id, before, changes, job, files,
+                                     skip_conflicts=True)
+            left = actions.remaining(before, job.fix)
+            with steps("verify"), ThreadPoolExecutor(1) as pool:
+                # The summaries are checked in PostgreSQL while DuckDB checks the rows.
+                check = pool.submit(_check_summaries, session, month, written)
+                after = extract.extract_after(session.read_url, month, layout)
+                files["after"] = str(after)
+                verdict = verify.verify_month(
+                    expected=layout.expected(month), after=after,
+                    curtailment=snapshot.files["curtailment_records"], before=left,
+                    tolerance=tolerance,
+                )
+                verdict = verdict.plus(*check.result())
+            rows = _rows(before, written, verdict)
+            status = "verified" if verdict.verified else "unverified"
+            counts = left.counts() | {"inserted": written.loaded.inserted, "present": verdict.present}
+            with steps("record"), session.transaction() as cursor:
+                progress.record_counts(cursor, month, counts)
+                progress.finish(cursor, month, run_id, run_status=status,
+                                month_status="completed" if verdict.verified else "failed",
+                                rows=rows, timings=steps.timings, verdict=verdict.to_dict(),
+                                error=None if verdict.verified else _verification_error(verdict))
+            if written.undo is not None:
+                files["undo"] = str(written.undo)
+            return MonthResult(month, status, run_id, rows, steps.timings, verdict, files,
+                               repairs=written.repaired.to_dict() if written.repaired.changed else {},
+                               summaries=written.refreshed.to_dict() if written.refreshed else None,
+                               **asked)
+        except BaseException as error:
+            if run_id is not None:
+                _record_failure(session, month, run_id, error, steps.timings)
+            raise
+
+
+def _start_run(session: Session, month: Month, job: _Job) -> int:
+    """Close the runs a killed process left open (we hold the month's lock), start ours."""
+    with session.transaction() as cursor:
+        for run, pid in progress.close_abandoned_runs(
+                cursor, month, "abandoned: its process stopped before the run finished"):
+            log.warning("%s: run %s (pid %s) was left open by a stopped process; closed it",
+                        month, run, pid)
+        return progress.start_run(cursor, month, job.command, job.version, {
+            "models": [m.name for m in session.models], "fix": sorted(job.fix),
+            **({"plan": job.plan.fingerprint} if job.plan else {})})
+
+
+def find_differences(snapshot: extract.Snapshot, expected: pl.DataFrame, tolerance: pl.DataFrame,
+                     models: tuple[MinerModel, ...], version: str) -> diff.Diff:
+    """The snapshot's diff against the expected rows, its drift and duplicates with causes."""
+    found = diff.compare(expected, snapshot.calculations, tolerance, snapshot.curtailment)
+    return causes.explain(found, snapshot.curtailment, models, version)
+
+
+def _check_summaries(session: Session, month: Month, written: _Written) -> tuple[verify.Check, ...]:
+    if written.refreshed is None:
+        return ()
+    with db.translated_errors(session.url), session.transaction() as cursor:
+        check = summaries.verify(cursor, month, written.summary_days)
+    return (verify.Check("summaries", check.verified, check.detail()),)
+
+
+def _check_plan(plan: plans.RepairPlan, before: diff.Diff, changes: pl.DataFrame,
+                job: _Job) -> None:
+    now = plans.build(plan.month, job.fix, job.version, plan.fingerprint, before.missing, changes)
+    if problem := plan.difference(now.rows):
+        raise PlanOutdated(f"the calculations of {plan.month} changed since the plan was made: "
+                           f"{problem}; make a new plan")
+
+
+@dataclass(frozen=True)
+class _Written:
+    loaded: load.LoadResult
+    repaired: actions.RepairResult
+    refreshed: summaries.SummaryRefresh | None
+    summary_days: tuple[date, ...] | None  # None: the whole month
+    undo: Path | None
+
+
+def _write(session: Session, month: Month, run_id: int, before: diff.Diff, changes: pl.DataFrame,
+           job: _Job, files: dict[str, str], *, skip_conflicts: bool) -> _Written:
+    """The one transaction that writes: the missing rows, the repairs, the summaries, the undo
+    record (before the commit), the month's counts and the run row."""
+    folder = undo.directory(session.settings.data_dir, run_id)
+    try:
+        with session.transaction() as cursor:
+            if job.plan is not None:
+                plans.check_fingerprint(cursor, job.plan)
+            loaded = load.load_missing(cursor, before.missing, unique_key=session.unique_key,
+                                       skip_conflicts=skip_conflicts)
+            repaired = actions.apply_actions(cursor, changes)
+            changed = bool(loaded.inserted or repaired.changed)
+            refreshed, days, record_folder = None, None, None
+            if changed or job.fix:  # a repair makes the whole month's summaries right
+                days = None if job.fix else tuple(before.missing["settlement_date"].unique().sort())
+                refreshed = summaries.refresh(cursor, month, days)
+            if changed:
+                record = undo.UndoRecord(
+                    run_id, month, job.version, undo.applied_at(cursor), loaded.inserted,
+                    sum(repaired.updated.values()), sum(repaired.deleted.values()),
+                    tuple(sorted(job.fix)), days)
+                record_folder = undo.write_record(
+                    session.settings.data_dir, record, before=repaired.before,
+                    inserted=Path(files["diff_missing"]) if loaded.inserted else None)
+            written = _Written(loaded, repaired, refreshed, days, record_folder)
+            left = actions.remaining(before, job.fix)
+            progress.record_counts(cursor, month, left.counts() | {"inserted": loaded.inserted})
+            progress.finish(cursor, month, run_id, run_status="loaded", month_status="in_progress",
+                            rows=_rows(before, written))
+            cursor.execute(actions.RECORD, (
+                run_id, json.dumps(causes.count(before)), json.dumps(repaired.to_dict()),
+                json.dumps(refreshed.to_dict() if refreshed else None)))
+        return written
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)  # nothing was committed: nothing to undo
+        raise
+
+
+class _Steps:
+    """Times each step and tells the caller which one is starting."""
+
+    def __init__(self, month: Month, on_step: StepCallback | None) -> None:
+        self.month, self.on_step = month, on_step
+        self.timings: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        if self.on_step:
+            self.on_step(self.month, name)
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
+
+
+def _rows(before: diff.Diff | None, written: _Written | None = None,
+          verdict: verify.Verdict | None = None) -> dict[str, int]:
+    counts = before.counts() if before else dict.fromkeys(
+        ("expected", "present", "missing", "drift", "orphans", "duplicates"), 0)
+    loaded = written.loaded if written else None
+    repaired = written.repaired if written else actions.NO_REPAIR
+    return {
+        "expected": counts["expected"],
+        "present_before": counts["present"],
+        "missing_before": counts["missing"],
+        "inserted": loaded.inserted if loaded else 0,
+        "already_present": loaded.already_present if loaded else 0,
+        "drift": counts["drift"],
+        "orphans": counts["orphans"],
+        "duplicates": counts["duplicates"],
+        "updated": sum(repaired.updated.values()),
+        "deleted": sum(repaired.deleted.values()),
+        "verified": verdict.present if verdict and verdict.verified else 0,
+    }
+
+
+def _verification_error(verdict: verify.Verdict) -> str:
+    return "verification failed: " + "; ".join(f"{c.name}: {c.detail}" for c in verdict.failed)
+
+
+def _record_failure(session: Session, month: Month, run_id: int, error: BaseException,
+                    timings: dict[str, float]) -> None:
+    if isinstance(error, EngineError):
+        message = str(error)
+    elif isinstance(error, KeyboardInterrupt):
+        message = "interrupted"
+    else:
+        message = f"{type(error).__name__}: {error}"
+    try:
+        with session.transaction() as cursor:
+            progress.finish(cursor, month, run_id, run_status="failed", month_status="failed",
+                            timings=timings, error=message)
+    except Exception:  # the original error matters more than this one
+        log.warning("could not record the failure of %s", month, exc_info=True)

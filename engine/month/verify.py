@@ -1,0 +1,160 @@
+"""Step 5, verify: DuckDB proves parity between the after-load snapshot and the expected rows.
+
+Read-only. Both Parquet files are joined once into a ledger, one row per key on either side
+(the two EXCEPT directions are its one-sided rows); every check is an aggregate over it.
+Differences known before the load and not asked to be repaired (drift, orphans, duplicates)
+are excluded from the checks and reported as outstanding: the checks prove that the load did
+its job and that nothing else changed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import duckdb
+import polars as pl
+
+from engine.formula import KEY
+from engine.month.diff import Diff
+
+_K = ", ".join(KEY)
+
+# One row per key on either side; the two EXCEPT directions are its one-sided rows.
+_LEDGER = f"""
+WITH got AS (
+    SELECT {_K}, count(*) AS copies, sum(bitcoin_mined) AS got
+    FROM read_parquet($after) GROUP BY ALL),
+want AS (
+    SELECT {_K}, bitcoin_mined AS want FROM read_parquet($expected)),
+ledger AS (
+    SELECT {_K},
+           want.want IS NOT NULL AS expected, want.want,
+           coalesce(got.copies, 0) AS copies, got.got,
+           o.settlement_date IS NOT NULL AS known_orphan,
+           d.settlement_date IS NOT NULL AS known_drift,
+           u.settlement_date IS NOT NULL AS known_duplicate
+    FROM want FULL JOIN got USING ({_K})
+    LEFT JOIN known_orphans o USING ({_K})
+    LEFT JOIN known_drift d USING ({_K})
+    LEFT JOIN known_duplicates u USING ({_K}))
+"""
+
+# Every check but the periods one, per model, in one pass.
+_PER_MODEL = _LEDGER + """,
+days AS (
+    SELECT miner_model, count(*) AS short_days FROM (
+        SELECT settlement_date, miner_model FROM ledger WHERE expected GROUP BY ALL
+        HAVING count(*) <> count(*) FILTER (copies > 0))
+    GROUP BY ALL)
+SELECT miner_model,
+       count(*) FILTER (expected AND copies = 0) AS missing,           -- expected EXCEPT after
+       count(*) FILTER (NOT expected AND NOT known_orphan) AS unexpected,  -- after EXCEPT expected
+       count(*) FILTER (copies > 1 AND NOT known_duplicate) AS new_duplicates,
+       count(*) FILTER (expected AND copies > 0) AS present,
+       coalesce(any_value(days.short_days), 0) AS short_days,
+       sum(got) FILTER (expected AND copies = 1 AND NOT known_drift) AS got,
+       sum(want) FILTER (expected AND copies = 1 AND NOT known_drift) AS want,
+       sum(t.tolerance) FILTER (expected AND copies = 1 AND NOT known_drift) AS allowance
+FROM ledger
+LEFT JOIN tolerance t USING (settlement_date, miner_model)
+LEFT JOIN days USING (miner_model)
+GROUP BY miner_model ORDER BY miner_model
+"""
+
+_PERIODS = f"""
+WITH curtailed AS (
+    SELECT DISTINCT settlement_date, settlement_period FROM (
+        SELECT settlement_date, settlement_period, farm_id FROM read_parquet($source)
+        GROUP BY ALL HAVING sum(abs(volume)) > 0)),
+calculated AS (
+    SELECT DISTINCT settlement_date, settlement_period
+    FROM read_parquet($after) ANTI JOIN known_orphans USING ({_K}))
+SELECT (SELECT count(*) FROM (FROM curtailed EXCEPT FROM calculated))
+     + (SELECT count(*) FROM (FROM calculated EXCEPT FROM curtailed))
+"""
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    passed: bool
+    detail: str
+
+    def to_dict(self) -> dict[str, object]:
+        return {"name": self.name, "passed": self.passed, "detail": self.detail}
+
+
+@dataclass(frozen=True)
+class Verdict:
+    checks: tuple[Check, ...]
+    present: int  # expected keys found after the load, each counted once
+    outstanding: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def verified(self) -> bool:
+        return all(check.passed for check in self.checks)
+
+    @property
+    def failed(self) -> tuple[Check, ...]:
+        return tuple(check for check in self.checks if not check.passed)
+
+    def to_dict(self) -> dict[str, object]:
+        return {"verified": self.verified, "present": self.present, "outstanding": self.outstanding,
+                "checks": [check.to_dict() for check in self.checks]}
+
+    def plus(self, *checks: Check) -> Verdict:
+        """The same verdict with more checks (the summaries', taken in PostgreSQL)."""
+        return replace(self, checks=self.checks + checks)
+
+
+def verify_month(
+    *, expected: Path, after: Path, curtailment: Path, before: Diff, tolerance: pl.DataFrame
+) -> Verdict:
+    """Run the parity checks over the Parquet files; `before` is the diff taken before the load."""
+    with _connection().cursor() as con:
+        for name, frame in (("known_orphans", before.orphans), ("known_drift", before.drift),
+                            ("known_duplicates", before.duplicates)):
+            con.register(name, frame.select(KEY).unique().to_arrow())
+        con.register("tolerance", tolerance.to_arrow())
+        per_model = con.execute(_PER_MODEL, {"after": str(after), "expected": str(expected)}).fetchall()
+        periods = con.execute(_PERIODS, {"after": str(after), "source": str(curtailment)}).fetchone()
+    checks = _checks(per_model, int(periods[0]) if periods else 0)
+    outstanding = {kind: getattr(before, kind).height for kind in ("drift", "orphans", "duplicates")}
+    return Verdict(checks, sum(row[4] for row in per_model if row[0] is not None),
+                   {k: v for k, v in outstanding.items() if v})
+
+
+def _checks(per_model: list[tuple], periods: int) -> tuple[Check, ...]:
+    total = {name: sum(row[i] for row in per_model)
+             for i, name in enumerate(("missing", "unexpected", "new_duplicates"), start=1)}
+    short_days = sum(row[5] for row in per_model)
+    models = [row for row in per_model if row[0] is not None and row[4] > 0]
+    deltas = [(row[0], float((row[6] or 0) - (row[7] or 0)), float(row[8] or 0)) for row in models]
+    return (
+        Check("missing_keys", total["missing"] == 0,
+              f"{total['missing']} expected key(s) absent after the load"),
+        Check("unexpected_keys", total["unexpected"] == 0,
+              f"{total['unexpected']} key(s) present that the source does not imply"),
+        Check("counts_per_date_and_model", short_days == 0,
+              f"{short_days} (date, model) pair(s) with fewer rows than expected"),
+        Check("equal_counts_per_model", len({row[4] for row in models}) <= 1,
+              ", ".join(f"{row[0]} {row[4]}" for row in models) or "no rows"),
+        Check("settlement_periods", periods == 0,
+              f"{periods} (date, period) pair(s) in one table and not the other"),
+        Check("no_duplicate_keys", total["new_duplicates"] == 0,
+              f"{total['new_duplicates']} key(s) newly present more than once"),
+        Check("bitcoin_sums", all(abs(d) <= a for _, d, a in deltas),
+              ", ".join(f"{m} Δ{d:+.8f}" for m, d, _ in deltas) or "no rows"),
+    )
+
+
+_shared: duckdb.DuckDBPyConnection | None = None
+
+
+def _connection() -> duckdb.DuckDBPyConnection:
+    """One in-memory DuckDB per process (opening one costs ~25 ms); each call takes a cursor."""
+    global _shared
+    if _shared is None:
+        _shared = duckdb.connect()
+    return _shared

@@ -1,0 +1,59 @@
+"""The backfill record: one row per `engine run` or `engine scheduled` in
+`reconciliation_backfills`, and the runs linked to it. Each function runs in the caller's
+transaction."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from collections.abc import Mapping
+from typing import Any
+
+from engine.months import Month
+from engine.store import db
+
+LINK_RUNS = """
+UPDATE reconciliation_runs SET backfill_id = $1
+WHERE month = $2 AND id > $3 AND pid = $4 AND backfill_id IS NULL
+"""
+
+
+START_BACKFILL = """
+INSERT INTO reconciliation_backfills (command, status, arguments, plan, jobs, pid, host)
+VALUES ($1, 'running', $2::jsonb, $3::jsonb, $4, $5, $6) RETURNING id
+"""
+
+
+UPDATE_BACKFILL = """
+UPDATE reconciliation_backfills SET
+    status = $2, months_verified = $3, months_failed = $4, months_skipped = $5,
+    rows_inserted = $6, retries = $7, throttle = $8::jsonb, error = $9, updated_at = now(),
+    finished_at = CASE WHEN $2 = 'running' THEN NULL ELSE clock_timestamp() END
+WHERE id = $1
+"""
+
+
+def link_runs(cursor: db.Cursor, backfill_id: int, month: Month, after_run_id: int | None) -> None:
+    """Attach this process's newer runs of `month` to the backfill that made them."""
+    cursor.execute(LINK_RUNS, (backfill_id, str(month), after_run_id or 0, os.getpid()))
+
+
+def start_backfill(cursor: db.Cursor, command: str, arguments: Mapping[str, Any],
+                   plan: list[dict[str, Any]], jobs: int) -> int:
+    """Insert a `running` backfill row; return its id."""
+    cursor.execute(START_BACKFILL, (command, json.dumps(arguments), json.dumps(plan), jobs,
+                                    os.getpid(), socket.gethostname()))
+    row = cursor.fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def update_backfill(cursor: db.Cursor, backfill_id: int, *, status: str, counts: Mapping[str, int],
+                    throttle: Mapping[str, Any], error: str | None = None) -> None:
+    """Store the backfill's counts so far (`verified`, `failed`, `skipped`, `inserted`,
+    `retries`) and its throttle record; any status but `running` closes it."""
+    cursor.execute(UPDATE_BACKFILL, (
+        backfill_id, status, counts["verified"], counts["failed"], counts["skipped"],
+        counts["inserted"], counts["retries"], json.dumps(throttle, default=str), error))
+
