@@ -31,7 +31,8 @@ from benchmarks.database import BenchDatabase, compare
 from benchmarks.measure import Measured, engine_command, python_module, run_measured
 from benchmarks.report import render, write_results
 from engine.months import Month, parse_range
-from engine.store.config import REFERENCE_DIR, load_miner_models
+from engine.reference import REFERENCE_DIR
+from engine.store.config import load_miner_models
 
 RESULTS = Path(__file__).parent / "RESULTS.md"
 

@@ -21,7 +21,8 @@ from typing import Any
 START = time.perf_counter()
 
 from engine.months import Month, parse_range  # noqa: E402
-from engine.store.config import REFERENCE_DIR, Settings, load_miner_models  # noqa: E402
+from engine.reference import REFERENCE_DIR  # noqa: E402
+from engine.store.config import Settings, load_miner_models  # noqa: E402
 
 FLOOR_TABLE = "bench_copy_floor"
 # The columns `engine.extract.curtailment_sql` reads, for the whole table at once.

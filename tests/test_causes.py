@@ -17,8 +17,9 @@ from engine.demo import generate
 from engine.formula import KEY
 from engine.month import diff
 from engine.months import Month
+from engine.reference import REFERENCE_DIR
 from engine.repairs import actions, causes, legacy
-from engine.store.config import REFERENCE_DIR, MinerModel, load_miner_models
+from engine.store.config import MinerModel, load_miner_models
 
 MODELS = load_miner_models(REFERENCE_DIR / "miner_models.toml")
 S9 = MinerModel("S9", 13.5, 1323)

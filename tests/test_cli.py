@@ -13,6 +13,7 @@ from typer.main import get_command
 from typer.testing import CliRunner
 
 from engine.cli import app
+from engine.reference import REFERENCE_DIR
 from tests.conftest import PASSWORD_ROLE, calculations, insert_curtailment, insert_difficulty
 from tests.test_pipeline import seed_december
 
@@ -126,7 +127,7 @@ def test_db_init_reports_what_it_created(database_url, tmp_path):
 
 
 def test_difficulty_load_reads_the_shipped_file(database_url, tmp_path):
-    shipped = Path(__file__).parent.parent / "data" / "difficulty_2024.json"
+    shipped = REFERENCE_DIR / "difficulty_2024.json"
 
     result = engine("difficulty", "load", str(shipped), url=database_url, data_dir=tmp_path)
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from engine.errors import InputError
+from engine.reference import REFERENCE_DIR
 from engine.store import db
-from engine.store.config import REFERENCE_DIR
 from engine.store.difficulty import load_difficulty, read_difficulty_file
 from tests.conftest import execute
 

@@ -21,7 +21,8 @@ from hypothesis import strategies as st
 from engine.errors import MissingDifficulty, SourceDataError
 from engine.formula import EXPECTED_SCHEMA, KEY, expected_rows, one_miner_btc, round8_units, v1_reference
 from engine.months import periods_in_day
-from engine.store.config import REFERENCE_DIR, load_miner_models
+from engine.reference import REFERENCE_DIR
+from engine.store.config import load_miner_models
 
 MODELS = load_miner_models(REFERENCE_DIR / "miner_models.toml")
 S19J_PRO = next(model for model in MODELS if model.name == "S19J_PRO")

@@ -18,9 +18,10 @@ from engine.month.reconcile import MonthResult, reconcile_month
 from engine.month.session import open_session
 from engine.months import Month
 from engine.operations.review import diff_month, diff_months
+from engine.reference import REFERENCE_DIR
 from engine.repairs import legacy
 from engine.store import db, schema
-from engine.store.config import REFERENCE_DIR, Settings, load_miner_models
+from engine.store.config import Settings, load_miner_models
 from tests.conftest import calculations, execute
 from tests.test_cli import engine
 from tests.test_pipeline import DECEMBER, seed_december

@@ -9,13 +9,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.live import Live
 
-from engine.cli import JsonOption, app, emit, err, handled, resolve_database
+from engine.cli.common import JsonOption, app, emit, err, handled, resolve_database
 from engine.cli.month import FormulaOption
 from engine.errors import InputError
 from engine.months import Month
-from engine.reporting import status_text
 from engine.store.config import Settings
 
 if TYPE_CHECKING:  # for annotations only
@@ -79,6 +77,7 @@ def run(
     from engine.operations.selection import ORDERS, parse_selection
     from engine.operations.throttle import ThrottleConfig
     from engine.repairs.actions import parse_fix
+    from engine.reporting import status_text
 
     if order not in ORDERS:
         raise InputError(f"--order must be one of {', '.join(ORDERS)}, not {order!r}")
@@ -127,6 +126,7 @@ def scheduled(
     from engine.operations.backfill import RetryPolicy
     from engine.operations.scheduled import run_scheduled
     from engine.operations.throttle import ThrottleConfig
+    from engine.reporting import status_text
 
     settings = Settings.from_env()
     url = resolve_database(settings)
@@ -156,6 +156,7 @@ def _backfill(settings: Settings, url: str, request: BackfillRequest) -> Backfil
 def _print_plan(settings: Settings, url: str, request: BackfillRequest, as_json: bool) -> None:
     from engine.month.session import open_session
     from engine.operations.selection import build_plan
+    from engine.reporting import status_text
 
     with open_session(settings, url) as session, session.transaction() as cursor:
         plan = build_plan(cursor, first=request.first, last=request.last, order=request.order,
@@ -167,6 +168,7 @@ def _print_plan(settings: Settings, url: str, request: BackfillRequest, as_json:
 def dashboard(command: str, jobs: int) -> Iterator[Callable[[Event], None]]:
     """An event callback: a rich live dashboard on a terminal, plain lines on stderr otherwise.
     The plan is printed first either way."""
+    from engine.reporting import status_text
     from engine.reporting.live import Tracker
 
     tracker = Tracker(command)
@@ -183,7 +185,9 @@ def dashboard(command: str, jobs: int) -> Iterator[Callable[[Event], None]]:
     if not err.is_terminal:
         yield on_event
         return
-    with Live(get_renderable=lambda: status_text.live_panel(tracker.view()), console=err,
+    from rich.live import Live
+
+    with Live(get_renderable=lambda: status_text.live_panel(tracker.view()), console=err.console,
               refresh_per_second=4, transient=False):
         try:
             yield on_event
@@ -208,6 +212,8 @@ def write_daily_summary(settings: Settings, url: str) -> Path | None:
 
 
 def write_summary_files(directory: Path, summary: DailySummary) -> Path:
+    from engine.reporting import status_text
+
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{summary.day}.md"
     path.write_text(status_text.daily_markdown(summary))

@@ -7,9 +7,8 @@ from typing import Annotated
 
 import typer
 
-from engine.cli import JsonOption, db_app, difficulty_app, emit, err, handled, resolve_database
+from engine.cli.common import JsonOption, db_app, difficulty_app, emit, err, handled, resolve_database
 from engine.reporting import results
-from engine.store import db
 from engine.store.config import Settings
 
 
@@ -27,6 +26,7 @@ def db_init(as_json: JsonOption = False) -> None:
 @handled
 def db_status(as_json: JsonOption = False) -> None:
     """Show whether the embedded PostgreSQL is running, where, and its URL."""
+    from engine.store import db
     from engine.store.embedded import EmbeddedServer
 
     settings = Settings.from_env()
@@ -54,6 +54,7 @@ def difficulty_load(
     as_json: JsonOption = False,
 ) -> None:
     """Import daily difficulty; new dates are inserted, changed values updated."""
+    from engine.store import db
     from engine.store.difficulty import load_difficulty, read_difficulty_file
 
     frame = read_difficulty_file(file)

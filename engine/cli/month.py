@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from engine.cli import JsonOption, app, emit, err, handled, month_bar, resolve_database, step_spinner
+from engine.cli.common import JsonOption, app, emit, err, handled, month_bar, resolve_database, step_spinner
 from engine.months import Month, parse_range
 from engine.reporting import results
 from engine.store.config import Settings

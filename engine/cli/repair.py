@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from engine.cli import JsonOption, app, emit, handled, resolve_database, step_spinner
+from engine.cli.common import JsonOption, app, emit, handled, resolve_database, step_spinner
 from engine.cli.month import FixOption, FormulaOption
 from engine.errors import InputError
 from engine.months import Month, month_range

@@ -8,13 +8,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.live import Live
 
-from engine.cli import JsonOption, app, emit, err, handled, resolve_database
 from engine.cli.backfill import write_summary_files
+from engine.cli.common import JsonOption, app, emit, err, handled, resolve_database
 from engine.errors import InputError
 from engine.months import Month
-from engine.reporting import status_text
 from engine.store.config import Settings
 
 FORMATS = ("text", "json", "markdown")
@@ -32,6 +30,7 @@ def status(
     """Where the reconciliation stands: percent reconciled overall, per year and per miner
     model; months by status; rows expected, present and missing; the last run and when."""
     from engine.month.session import open_session
+    from engine.reporting import status_text
     from engine.reporting.status import get_status
 
     settings = Settings.from_env()
@@ -53,6 +52,7 @@ def status_month(
     """One month by day: expected, present and missing rows per miner model, the incomplete
     days first; the month's status, attempts, last error and last run."""
     from engine.month.session import open_session
+    from engine.reporting import status_text
     from engine.reporting.status import get_month_status
 
     target = Month.parse(month)
@@ -81,6 +81,7 @@ def report(
     """The remaining work (months and days with missing rows, worst first), the failures with
     their errors, and the time left, estimated from the measured speed of earlier runs."""
     from engine.month.session import open_session
+    from engine.reporting import status_text
     from engine.reporting.backlog import build_report, daily_summaries
     from engine.reporting.status import get_status
 
@@ -122,6 +123,9 @@ def _write(path: Path, text: str) -> None:
 
 
 def _watch(settings: Settings, url: str, interval: float, as_json: bool) -> None:
+    from rich.live import Live
+
+    from engine.reporting import status_text
     from engine.reporting.live import read_live
     from engine.store import db
 
@@ -140,7 +144,7 @@ def _watch(settings: Settings, url: str, interval: float, as_json: bool) -> None
                 return
             time.sleep(interval)
             current = view() or current
-    with Live(status_text.live_panel(current), console=err, refresh_per_second=4) as live:
+    with Live(status_text.live_panel(current), console=err.console, refresh_per_second=4) as live:
         while current.state == "running":
             time.sleep(interval)
             current = view() or current

@@ -22,9 +22,10 @@ from engine.month import summaries
 from engine.month.reconcile import MonthResult, StepCallback, reconcile_month
 from engine.month.session import open_session
 from engine.months import Month
+from engine.reference import REFERENCE_DIR
 from engine.repairs import legacy
 from engine.store import db, schema
-from engine.store.config import REFERENCE_DIR, Settings, load_miner_models
+from engine.store.config import Settings, load_miner_models
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Realistic, deterministic synthetic data for the demo. Pure: numbers in, frames out.
 
-- farms: the real BM units and capacities from `data/bmu_mapping.json`;
+- farms: the real BM units and capacities from `engine/reference/bmu_mapping.json`;
 - curtailment: more in winter and at night, on windy spells (an AR(1) weather factor), more
   for large farms; several bid acceptances per farm and period; the odd zero or positive
   volume (the sign is not trusted); 46 and 50 period days on the clock changes;

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from html import escape
+from typing import TYPE_CHECKING
 
 import altair as alt
 import polars as pl
 import vl_convert as vlc
 
-from engine.reporting.backlog import BacklogReport
-from engine.reporting.status import Coverage, Status
+if TYPE_CHECKING:  # annotations only: a renderer imports no pipeline
+    from engine.reporting.backlog import BacklogReport
+    from engine.reporting.status import Coverage, Status
 from engine.reporting.status_text import duration
 
 _STYLE = """

@@ -10,12 +10,14 @@ import json
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from engine.month import locks, progress
 from engine.months import Month
-from engine.operations.retries import Event
 from engine.store import db
+
+if TYPE_CHECKING:  # annotations only: the live view imports no pipeline
+    from engine.operations.retries import Event
 
 _RECENT = 6
 

@@ -6,17 +6,19 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from engine.operations.backfill import BackfillResult, Event
-from engine.operations.scheduled import ScheduledResult
-from engine.operations.selection import Plan
-from engine.reporting.backlog import BacklogReport, DailySummary
-from engine.reporting.live import LiveView
-from engine.reporting.status import Coverage, MonthStatus, Status
+if TYPE_CHECKING:  # annotations only: a renderer imports no pipeline
+    from engine.operations.backfill import BackfillResult, Event
+    from engine.operations.scheduled import ScheduledResult
+    from engine.operations.selection import Plan
+    from engine.reporting.backlog import BacklogReport, DailySummary
+    from engine.reporting.live import LiveView
+    from engine.reporting.status import Coverage, MonthStatus, Status
 
 _SHOWN = 20  # rows of a list shown in text before "… and N more"
 

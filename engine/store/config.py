@@ -10,9 +10,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from engine.errors import InputError
-
-#: Reference data that ships with the project: farm list, 2024 difficulty, miner models.
-REFERENCE_DIR = Path(__file__).resolve().parent.parent / "data"
+from engine.reference import REFERENCE_DIR
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,125 @@
+"""What every command shares: the typer apps, the stderr console, the error handling, and
+the progress displays. The command modules import from here; nothing here imports them."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from engine.errors import EngineError
+from engine.months import Month
+from engine.store.config import Settings
+
+app = typer.Typer(
+    help="Reconcile historical_bitcoin_calculations with curtailment_records, month by month.\n\n"
+    "Without ENGINE_DATABASE_URL the engine uses an embedded PostgreSQL under data/.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,  # locals would show database URLs
+    add_completion=False,
+    rich_markup_mode=None,
+    pretty_exceptions_enable=False,
+)
+db_app = typer.Typer(help="The database: create the schema, show or stop the embedded server.",
+                     no_args_is_help=True)
+difficulty_app = typer.Typer(help="Daily bitcoin difficulty, which the formula needs per date.",
+                             no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(difficulty_app, name="difficulty")
+
+
+
+class _Stderr:
+    """The stderr console (logs, errors, progress), made on first use so that `engine --help`
+    does not import rich's console."""
+
+    @functools.cached_property
+    def console(self) -> Any:
+        from rich.console import Console
+
+        return Console(stderr=True, highlight=False, soft_wrap=True)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.console, name)
+
+
+err = _Stderr()
+_state = {"debug": False}
+
+F = TypeVar("F", bound=Callable[..., Any])
+JsonOption = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
+
+
+def handled(command: F) -> F:
+    """Turn engine errors into one line on stderr and their exit code; Ctrl-C into 130."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except EngineError as error:
+            if _state["debug"]:
+                raise
+            err.print(f"error: {error}", markup=False)
+            raise typer.Exit(error.exit_code) from None
+        except KeyboardInterrupt:
+            err.print("interrupted", markup=False)
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+@app.callback()
+def main_options(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log each step to stderr.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for every error.")] = False,
+) -> None:
+    logging.basicConfig(level=logging.INFO if verbose or debug else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    _state["debug"] = debug
+
+
+def resolve_database(settings: Settings) -> str:
+    """The URL to use; says where the embedded server is when that is the one."""
+    from engine.store import db
+
+    url = db.resolve_url(settings.database_url, settings.data_dir)
+    if settings.database_url is None:
+        err.print(f"using the embedded PostgreSQL in {settings.data_dir / 'postgres'} "
+                  f"({db.mask_url(url)})", markup=False)
+    return url
+
+
+def emit(payload: Any, as_json: bool) -> None:
+    typer.echo(json.dumps(payload, indent=2, default=str) if as_json else payload)
+
+
+@contextmanager
+def step_spinner() -> Iterator[Callable[[Month, str], None]]:
+    """A spinner naming the step in progress (on a terminal; silent otherwise)."""
+    with err.status("starting…") as status:
+        yield lambda month, step: status.update(f"{month}: {step}…")
+
+
+@contextmanager
+def month_bar(total: int) -> Iterator[tuple[Callable[[Any], None], Callable[[Month, str], None]]]:
+    """A progress bar over months on a terminal; a line per month otherwise."""
+    if not err.is_terminal:
+        yield (lambda result: err.print(f"{result.month} {result.status} "
+                                        f"{result.rows['inserted']:,} inserted "
+                                        f"{result.seconds:.2f} s"), lambda month, step: None)
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn())
+    with Progress(*columns, console=err.console, transient=True) as bar:
+        task = bar.add_task("reconciling", total=total)
+        yield (lambda result: bar.advance(task),
+               lambda month, step: bar.update(task, description=f"{month} {step}"))
