@@ -54,6 +54,14 @@ class MonthBusy(EngineError):
                          "nothing was done")
 
 
+class Interrupted(EngineError):
+    """A signal stopped the work at a safe point: no month was left half-written."""
+
+    def __init__(self, message: str, exit_code: int = 130) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
 class VerificationFailed(EngineError):
     """The after-load parity checks did not all pass."""
 

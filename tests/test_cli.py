@@ -50,6 +50,10 @@ def test_month_prints_a_summary_and_a_rerun_says_nothing_was_missing(database_ur
     assert "inserted 0 (nothing was missing)" in second.stdout
 
 
+def result_run(result) -> int:
+    return json.loads(result.stdout)["run_id"]
+
+
 def test_month_json_matches_the_golden_file(database_url, tmp_path):
     seed_december(database_url)
 
@@ -61,6 +65,10 @@ def test_month_json_matches_the_golden_file(database_url, tmp_path):
     payload["seconds"] = 0.0
     payload["timings"] = dict.fromkeys(payload["timings"], 0.0)
     payload["files"] = {k: Path(v).relative_to(tmp_path).as_posix() for k, v in payload["files"].items()}
+    # Undo images live in a folder per database (its server's identity and its name).
+    database, run = payload["files"]["undo"].split("/")[1:]
+    assert database.endswith("-" + database_url.rsplit("/", 1)[1]) and run == str(result_run(result))
+    payload["files"]["undo"] = "undo/DATABASE/1"
     golden = GOLDEN / "month_2023-12.json"
     if os.environ.get("ENGINE_UPDATE_GOLDEN"):
         golden.write_text(json.dumps(payload, indent=2) + "\n")

@@ -10,7 +10,16 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from engine.cli.common import JsonOption, app, emit, err, handled, resolve_database
+from engine.cli.common import (
+    JsonOption,
+    app,
+    emit,
+    err,
+    exit_code,
+    graceful_stop,
+    handled,
+    resolve_database,
+)
 from engine.cli.month import FormulaOption
 from engine.errors import InputError
 from engine.months import Month
@@ -98,7 +107,7 @@ def run(
         return
     result = _backfill(settings, url, request)
     emit(result.to_dict() if as_json else status_text.backfill_summary(result), as_json)
-    raise typer.Exit(result.exit_code)
+    raise typer.Exit(exit_code(result.exit_code))
 
 
 @app.command("scheduled")
@@ -132,23 +141,25 @@ def scheduled(
     url = resolve_database(settings)
     throttle = ThrottleConfig(max_rows_per_second=max_rows_per_second, pause_seconds=pause,
                               load_aware=load_aware, busy_backends=busy_backends)
-    with dashboard("scheduled", jobs) as on_event:
+    with graceful_stop() as stop, dashboard("scheduled", jobs) as on_event:
         result = run_scheduled(settings, url=url, jobs=jobs, throttle=throttle,
                                retry=RetryPolicy(attempts=retries + 1), on_event=on_event,
-                               alerter=Alerter(settings.alert_webhook, source="engine scheduled"))
+                               alerter=Alerter(settings.alert_webhook, source="engine scheduled"),
+                               stop=stop)
     if result.backfill is not None:
         write_daily_summary(settings, url)
     emit(result.to_dict() if as_json else status_text.scheduled_summary(result), as_json)
-    raise typer.Exit(result.exit_code)
+    raise typer.Exit(exit_code(result.exit_code))
 
 
 def _backfill(settings: Settings, url: str, request: BackfillRequest) -> BackfillResult:
     from engine.operations.alerts import Alerter
     from engine.operations.backfill import run_backfill
 
-    with dashboard("run", request.jobs) as on_event:
+    with graceful_stop() as stop, dashboard("run", request.jobs) as on_event:
         result = run_backfill(settings, request, url=url, on_event=on_event,
-                              alerter=Alerter(settings.alert_webhook, source="engine run"))
+                              alerter=Alerter(settings.alert_webhook, source="engine run"),
+                              stop=stop)
     write_daily_summary(settings, url)
     return result
 

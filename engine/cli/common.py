@@ -7,13 +7,14 @@ import functools
 import json
 import logging
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Annotated, Any, TypeVar
 
 import typer
 
-from engine.errors import EngineError
+from engine.errors import EngineError, Interrupted
 from engine.months import Month
 from engine.store.config import Settings
 
@@ -50,29 +51,62 @@ class _Stderr:
 
 
 err = _Stderr()
-_state = {"debug": False}
+_state: dict[str, Any] = {"debug": False, "stop": None}
 
 F = TypeVar("F", bound=Callable[..., Any])
 JsonOption = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
 
 
 def handled(command: F) -> F:
-    """Turn engine errors into one line on stderr and their exit code; Ctrl-C into 130."""
+    """Turn engine errors into one line on stderr and their exit code; Ctrl-C into 130 and
+    SIGTERM into 143 (both roll back what is not committed)."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from engine.operations.stopping import terminate_as_interrupt
+
         try:
-            return command(*args, **kwargs)
+            with terminate_as_interrupt():
+                return command(*args, **kwargs)
+        except Interrupted as error:
+            err.print(f"interrupted: {error}" if str(error) != "interrupted" else "interrupted",
+                      markup=False)
+            raise typer.Exit(_stop_code(error.exit_code)) from None
         except EngineError as error:
             if _state["debug"]:
                 raise
             err.print(f"error: {error}", markup=False)
             raise typer.Exit(error.exit_code) from None
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as error:
             err.print("interrupted", markup=False)
-            raise typer.Exit(130) from None
+            raise typer.Exit(_stop_code(getattr(error, "exit_code", 130))) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _stop_code(default: int) -> int:
+    """130 for Ctrl-C, 143 for SIGTERM: the first signal of a graceful stop decides."""
+    stop = _state["stop"]
+    return stop.exit_code if stop is not None and stop.requested else default
+
+
+def exit_code(code: int) -> int:
+    """A result's exit code; once a signal asked the command to stop, 130 (143 for SIGTERM)
+    even when the months in progress finished whole."""
+    return _stop_code(code)
+
+
+@contextmanager
+def graceful_stop() -> Iterator[threading.Event]:
+    """For commands that write month by month: the first SIGINT or SIGTERM lets the months in
+    progress finish (or stop before they write); the second stops at once. Yields the event
+    the library checks."""
+    from engine.operations.stopping import StopRequest, stop_on_signals
+
+    stop = StopRequest()
+    _state["stop"] = stop
+    with stop_on_signals(stop):
+        yield stop.event
 
 
 @app.callback()

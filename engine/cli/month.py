@@ -6,7 +6,18 @@ from typing import Annotated
 
 import typer
 
-from engine.cli.common import JsonOption, app, emit, err, handled, month_bar, resolve_database, step_spinner
+from engine.cli.common import (
+    JsonOption,
+    app,
+    emit,
+    err,
+    exit_code,
+    graceful_stop,
+    handled,
+    month_bar,
+    resolve_database,
+    step_spinner,
+)
 from engine.months import Month, parse_range
 from engine.reporting import results
 from engine.store.config import Settings
@@ -45,11 +56,12 @@ def month(
     fixes = parse_fix(fix)
     settings = Settings.from_env()
     url = resolve_database(settings)
-    with open_session(settings, url) as session, step_spinner() as on_step:
+    with graceful_stop() as stop, open_session(settings, url) as session, \
+            step_spinner() as on_step:
         result = reconcile_month(session, target, dry_run=dry_run, on_step=on_step, fix=fixes,
-                                 version=formula)
+                                 version=formula, stop=stop)
     emit(result.to_dict() if as_json else results.month_summary(result), as_json)
-    raise typer.Exit(result.exit_code)
+    raise typer.Exit(exit_code(result.exit_code))
 
 
 @app.command()

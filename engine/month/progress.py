@@ -17,8 +17,9 @@ from engine.months import Month
 from engine.store import db
 
 START_RUN = """
-INSERT INTO reconciliation_runs (month, command, formula, dry_run, status, arguments, pid)
-VALUES ($1, $2, $3, false, 'running', $4::jsonb, $5) RETURNING id
+INSERT INTO reconciliation_runs (month, command, formula, dry_run, status, arguments, pid,
+    backfill_id)
+VALUES ($1, $2, $3, false, 'running', $4::jsonb, $5, $6) RETURNING id
 """
 
 MARK_IN_PROGRESS = """
@@ -41,22 +42,25 @@ WHERE month = $1
 FINISH_MONTH = """
 UPDATE reconciliation_progress SET
     status = $2, last_error = $3, updated_at = now(),
-    finished_at = CASE WHEN $2 IN ('completed', 'failed') THEN now() END
+    finished_at = CASE WHEN $2 IN ('completed', 'failed', 'interrupted') THEN now() END
 WHERE month = $1
 """
 
 FINISH_RUN = """
 UPDATE reconciliation_runs SET
-    status = $2, rows = $3::jsonb, timings = $4::jsonb, verdict = $5::jsonb, error = $6,
+    status = $2, rows = coalesce($3::jsonb, rows), timings = $4::jsonb, verdict = $5::jsonb,
+    error = $6,
     finished_at = CASE WHEN $2 = 'loaded' THEN NULL ELSE clock_timestamp() END
 WHERE id = $1
 """
 
 
 def start_run(cursor: db.Cursor, month: Month, command: str, formula: str,
-              arguments: Mapping[str, Any]) -> int:
-    """Insert a `running` run row, mark the month `in_progress`; return the run id."""
-    cursor.execute(START_RUN, (str(month), command, formula, json.dumps(arguments), os.getpid()))
+              arguments: Mapping[str, Any], *, backfill_id: int | None = None) -> int:
+    """Insert a `running` run row (of backfill `backfill_id`, if any), mark the month
+    `in_progress`; return the run id."""
+    cursor.execute(START_RUN, (str(month), command, formula, json.dumps(arguments), os.getpid(),
+                               backfill_id))
     row = cursor.fetchone()
     assert row is not None
     run_id = int(row[0])
@@ -89,7 +93,7 @@ def _json(value: Mapping[str, Any] | None) -> str | None:
 # --- month states, source fingerprints, attempts, backfill records ----------------------------
 
 #: What `engine run --only` selects by; `running` (locked by a live process) is never selectable.
-SELECTIONS = ("missing", "failed", "stale", "completed")
+SELECTIONS = ("missing", "failed", "interrupted", "stale", "completed")
 
 
 MONTH_STATES = """
@@ -116,9 +120,12 @@ MARK_ERROR_KIND = """
 UPDATE reconciliation_progress SET last_error_kind = $2, last_error_at = now() WHERE month = $1
 """
 
-# Runs still `running` or `loaded` of a month whose lock we hold: their process is gone.
+# Runs still `running` or `loaded` of a month whose lock we hold: their process is gone. One
+# that committed its write (`loaded`) was interrupted, not failed: it stays undoable.
 CLOSE_ABANDONED_RUNS = """
-UPDATE reconciliation_runs SET status = 'failed', error = $2, finished_at = clock_timestamp()
+UPDATE reconciliation_runs SET
+    status = CASE WHEN status = 'loaded' THEN 'interrupted' ELSE 'failed' END, error = $2,
+    finished_at = clock_timestamp()
 WHERE month = $1 AND status IN ('running', 'loaded') RETURNING id, pid
 """
 
@@ -141,8 +148,8 @@ class MonthState:
 
     @property
     def selection(self) -> str:
-        """`missing` (never reconciled), `failed`, `completed`, `stale` (in progress, its process
-        gone) or `running` (its lock is held)."""
+        """`missing` (never reconciled), `failed`, `interrupted`, `completed`, `stale` (in
+        progress, its process gone) or `running` (its lock is held)."""
         if self.locked:
             return "running"
         return {"not_started": "missing", "in_progress": "stale"}.get(self.status, self.status)

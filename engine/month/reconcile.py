@@ -7,26 +7,24 @@ no SQL and no maths.
 
 from __future__ import annotations
 
-import json
 import logging
-import shutil
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import date
-from pathlib import Path
 from typing import Any
 
 import polars as pl
 
 from engine import formula
-from engine.errors import EngineError, InputError, PlanOutdated, SourceDataError
+from engine.errors import EngineError, InputError, Interrupted, PlanOutdated, SourceDataError
 from engine.month import diff, extract, load, progress, summaries, verify
 from engine.month.session import Session, month_lock
+from engine.month.write import Written, row_counts, write_month
 from engine.months import Month
-from engine.repairs import actions, causes, plans, undo
+from engine.repairs import actions, causes, plans
 from engine.store import db
 from engine.store.config import MinerModel
 from engine.store.paths import write_parquet
@@ -92,6 +90,8 @@ def reconcile_month(
     on_step: StepCallback | None = None,
     fix: Iterable[str] = (),
     plan: plans.RepairPlan | None = None,
+    stop: threading.Event | None = None,
+    backfill_id: int | None = None,
 ) -> MonthResult:
     """Reconcile `month`: insert its missing calculation rows in one transaction, then verify.
 
@@ -103,8 +103,14 @@ def reconcile_month(
     `PlanOutdated`, `RepairConflict`); the month's progress row then shows `failed` with the
     message. With `dry_run` nothing is written to the database; the Parquet files are still
     written.
+
+    `stop` is checked where stopping is safe (before the extract, before the write): once it
+    is set, `Interrupted` is raised there, and a month already in its write transaction is
+    finished and verified first. A `KeyboardInterrupt` anywhere rolls back an uncommitted write;
+    either way the run and the month are recorded as `interrupted` (a committed write stays
+    undoable). `backfill_id` links the run to the backfill that made it, from its start.
     """
-    job = _Job.make(dry_run, version, command, fix, plan)
+    job = _Job.make(dry_run, version, command, fix, plan, stop, backfill_id)
     if plan is not None and plan.month != month:
         raise InputError(f"the plan is for {plan.month}, not {month}")
     if dry_run:
@@ -122,16 +128,28 @@ class _Job:
     command: str
     fix: frozenset[str]
     plan: plans.RepairPlan | None
+    stop: threading.Event | None = None
+    backfill_id: int | None = None
+
+    @property
+    def stopped(self) -> bool:
+        """Whether a signal asked the work to stop."""
+        return self.stop is not None and self.stop.is_set()
+
+    def check_stop(self, what: str) -> None:
+        if self.stopped:
+            raise Interrupted(f"interrupted before {what}")
 
     @classmethod
     def make(cls, dry_run: bool, version: str, command: str, fix: Iterable[str],
-             plan: plans.RepairPlan | None) -> _Job:
+             plan: plans.RepairPlan | None, stop: threading.Event | None = None,
+             backfill_id: int | None = None) -> _Job:
         if plan is not None:
             version, fix = plan.formula, plan.fix
         if version not in formula.FORMULAS:
             raise InputError(f"formula {version!r} is not one of {', '.join(formula.FORMULAS)}")
         fixes = fix if isinstance(fix, frozenset) else actions.parse_fix(fix)
-        return cls(dry_run, version, command, fixes, plan)
+        return cls(dry_run, version, command, fixes, plan, stop, backfill_id)
 
 
 @dataclass(frozen=True)
@@ -178,6 +196,7 @@ def _reconcile(session: Session, month: Month, job: _Job, on_step: StepCallback 
         if job.plan is not None:  # refuse a stale plan before anything is recorded
             with session.transaction() as cursor:
                 plans.check_fingerprint(cursor, job.plan)
+        job.check_stop("the extract")
         with steps("extract"):
             try:
                 snapshot = extract.extract_month(session.read_url, month, layout)
@@ -189,7 +208,7 @@ def _reconcile(session: Session, month: Month, job: _Job, on_step: StepCallback 
         files = {name: str(path) for name, path in snapshot.files.items()}
         asked: dict[str, Any] = {"formula": job.version, "fix": tuple(sorted(job.fix))}
         if snapshot.curtailment.is_empty() and snapshot.calculations.is_empty():
-            return MonthResult(month, "nothing_to_do", None, _rows(None), steps.timings,
+            return MonthResult(month, "nothing_to_do", None, row_counts(None), steps.timings,
                                files=files, **asked)
 
         run_id = None if job.dry_run else _start_run(session, month, job)
@@ -203,18 +222,21 @@ def _reconcile(session: Session, month: Month, job: _Job, on_step: StepCallback 
             if job.plan is not None:
                 _check_plan(job.plan, before, changes, job)
             if run_id is None:
-                return MonthResult(month, "dry_run", None, _rows(before), steps.timings, files=files,
+                return MonthResult(month, "dry_run", None, row_counts(before), steps.timings, files=files,
                                    repairs=actions.counts(changes), **asked)
 
+            job.check_stop("the write")  # from here on the month is finished, then verified
             with steps("load"):
                 try:
-                    written = _write(session, month, run_id, before, changes, job, files,
-                                     skip_conflicts=False)
+                    written = write_month(session, month, run_id, before, changes,
+                                          version=job.version, fix=job.fix, plan=job.plan,
+                                          files=files, skip_conflicts=False)
                 except load.KeyConflict:
                     log.info("%s: another writer inserted some of the keys; merging around them",
                              month)
-                    written = _write(session, month, run_id, before, changes, job, files,
-                                     skip_conflicts=True)
+                    written = write_month(session, month, run_id, before, changes,
+                                          version=job.version, fix=job.fix, plan=job.plan,
+                                          files=files, skip_conflicts=True)
             left = actions.remaining(before, job.fix)
             with steps("verify"), ThreadPoolExecutor(1) as pool:
                 # The summaries are checked in PostgreSQL while DuckDB checks the rows.
@@ -227,7 +249,7 @@ def _reconcile(session: Session, month: Month, job: _Job, on_step: StepCallback 
                     tolerance=tolerance,
                 )
                 verdict = verdict.plus(*check.result())
-            rows = _rows(before, written, verdict)
+            rows = row_counts(before, written, verdict)
             status = "verified" if verdict.verified else "unverified"
             counts = left.counts() | {"inserted": written.loaded.inserted, "present": verdict.present}
             with steps("record"), session.transaction() as cursor:
@@ -244,7 +266,8 @@ def _reconcile(session: Session, month: Month, job: _Job, on_step: StepCallback 
                                **asked)
         except BaseException as error:
             if run_id is not None:
-                _record_failure(session, month, run_id, error, steps.timings)
+                _record_failure(session, month, run_id, error, steps.timings,
+                                interrupted=job.stopped or db.cancelled_by_user(error))
             raise
 
 
@@ -257,7 +280,7 @@ def _start_run(session: Session, month: Month, job: _Job) -> int:
                         month, run, pid)
         return progress.start_run(cursor, month, job.command, job.version, {
             "models": [m.name for m in session.models], "fix": sorted(job.fix),
-            **({"plan": job.plan.fingerprint} if job.plan else {})})
+            **({"plan": job.plan.fingerprint} if job.plan else {})}, backfill_id=job.backfill_id)
 
 
 def find_differences(snapshot: extract.Snapshot, expected: pl.DataFrame, tolerance: pl.DataFrame,
@@ -267,7 +290,7 @@ def find_differences(snapshot: extract.Snapshot, expected: pl.DataFrame, toleran
     return causes.explain(found, snapshot.curtailment, models, version)
 
 
-def _check_summaries(session: Session, month: Month, written: _Written) -> tuple[verify.Check, ...]:
+def _check_summaries(session: Session, month: Month, written: Written) -> tuple[verify.Check, ...]:
     if written.refreshed is None:
         return ()
     with db.translated_errors(session.url), session.transaction() as cursor:
@@ -281,54 +304,6 @@ def _check_plan(plan: plans.RepairPlan, before: diff.Diff, changes: pl.DataFrame
     if problem := plan.difference(now.rows):
         raise PlanOutdated(f"the calculations of {plan.month} changed since the plan was made: "
                            f"{problem}; make a new plan")
-
-
-@dataclass(frozen=True)
-class _Written:
-    loaded: load.LoadResult
-    repaired: actions.RepairResult
-    refreshed: summaries.SummaryRefresh | None
-    summary_days: tuple[date, ...] | None  # None: the whole month
-    undo: Path | None
-
-
-def _write(session: Session, month: Month, run_id: int, before: diff.Diff, changes: pl.DataFrame,
-           job: _Job, files: dict[str, str], *, skip_conflicts: bool) -> _Written:
-    """The one transaction that writes: the missing rows, the repairs, the summaries, the undo
-    record (before the commit), the month's counts and the run row."""
-    folder = undo.directory(session.settings.data_dir, run_id)
-    try:
-        with session.transaction() as cursor:
-            if job.plan is not None:
-                plans.check_fingerprint(cursor, job.plan)
-            loaded = load.load_missing(cursor, before.missing, unique_key=session.unique_key,
-                                       skip_conflicts=skip_conflicts)
-            repaired = actions.apply_actions(cursor, changes)
-            changed = bool(loaded.inserted or repaired.changed)
-            refreshed, days, record_folder = None, None, None
-            if changed or job.fix:  # a repair makes the whole month's summaries right
-                days = None if job.fix else tuple(before.missing["settlement_date"].unique().sort())
-                refreshed = summaries.refresh(cursor, month, days)
-            if changed:
-                record = undo.UndoRecord(
-                    run_id, month, job.version, undo.applied_at(cursor), loaded.inserted,
-                    sum(repaired.updated.values()), sum(repaired.deleted.values()),
-                    tuple(sorted(job.fix)), days)
-                record_folder = undo.write_record(
-                    session.settings.data_dir, record, before=repaired.before,
-                    inserted=Path(files["diff_missing"]) if loaded.inserted else None)
-            written = _Written(loaded, repaired, refreshed, days, record_folder)
-            left = actions.remaining(before, job.fix)
-            progress.record_counts(cursor, month, left.counts() | {"inserted": loaded.inserted})
-            progress.finish(cursor, month, run_id, run_status="loaded", month_status="in_progress",
-                            rows=_rows(before, written))
-            cursor.execute(actions.RECORD, (
-                run_id, json.dumps(causes.count(before)), json.dumps(repaired.to_dict()),
-                json.dumps(refreshed.to_dict() if refreshed else None)))
-        return written
-    except BaseException:
-        shutil.rmtree(folder, ignore_errors=True)  # nothing was committed: nothing to undo
-        raise
 
 
 class _Steps:
@@ -349,42 +324,26 @@ class _Steps:
             self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
 
 
-def _rows(before: diff.Diff | None, written: _Written | None = None,
-          verdict: verify.Verdict | None = None) -> dict[str, int]:
-    counts = before.counts() if before else dict.fromkeys(
-        ("expected", "present", "missing", "drift", "orphans", "duplicates"), 0)
-    loaded = written.loaded if written else None
-    repaired = written.repaired if written else actions.NO_REPAIR
-    return {
-        "expected": counts["expected"],
-        "present_before": counts["present"],
-        "missing_before": counts["missing"],
-        "inserted": loaded.inserted if loaded else 0,
-        "already_present": loaded.already_present if loaded else 0,
-        "drift": counts["drift"],
-        "orphans": counts["orphans"],
-        "duplicates": counts["duplicates"],
-        "updated": sum(repaired.updated.values()),
-        "deleted": sum(repaired.deleted.values()),
-        "verified": verdict.present if verdict and verdict.verified else 0,
-    }
-
-
 def _verification_error(verdict: verify.Verdict) -> str:
     return "verification failed: " + "; ".join(f"{c.name}: {c.detail}" for c in verdict.failed)
 
 
 def _record_failure(session: Session, month: Month, run_id: int, error: BaseException,
-                    timings: dict[str, float]) -> None:
+                    timings: dict[str, float], *, interrupted: bool = False) -> None:
+    """Close the run and the month as `failed`, or `interrupted` when a signal stopped them (a
+    write that committed keeps its row counts, so the run stays undoable)."""
+    error = db.as_engine_error(error, session.url)
+    interrupted = interrupted or isinstance(error, (Interrupted, KeyboardInterrupt))
     if isinstance(error, EngineError):
         message = str(error)
     elif isinstance(error, KeyboardInterrupt):
         message = "interrupted"
     else:
         message = f"{type(error).__name__}: {error}"
+    status = "interrupted" if interrupted else "failed"
     try:
         with session.transaction() as cursor:
-            progress.finish(cursor, month, run_id, run_status="failed", month_status="failed",
+            progress.finish(cursor, month, run_id, run_status=status, month_status=status,
                             timings=timings, error=message)
-    except Exception:  # the original error matters more than this one
-        log.warning("could not record the failure of %s", month, exc_info=True)
+    except BaseException:  # the original error matters more than this one
+        log.warning("could not record the end of run %s of %s", run_id, month, exc_info=True)

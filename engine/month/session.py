@@ -4,9 +4,11 @@ and the month's advisory lock held for the length of a reconciliation."""
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 from engine.errors import EngineError, MonthBusy
 from engine.month import locks
@@ -27,10 +29,17 @@ class Session:
     conn: db.Connection
     models: tuple[MinerModel, ...]
     unique_key: bool
+    database_id: str = "unknown"  # which database this is: see `database_identity`
 
     @property
     def layout(self) -> Layout:
         return Layout(self.settings.data_dir)
+
+    @property
+    def undo_dir(self) -> Path:
+        """Where this database's undo images live: one folder per database, so two databases
+        sharing a data/ folder never overwrite each other's run of the same number."""
+        return self.settings.data_dir / "undo" / self.database_id
 
     @property
     def read_url(self) -> str:
@@ -58,7 +67,25 @@ def open_session(settings: Settings, url: str | None = None) -> Iterator[Session
                             statement_timeout_ms=settings.statement_timeout_ms) as cursor:
             schema.check_schema(cursor)
             unique_key = schema.has_unique_key(cursor)
-        yield Session(settings, url, conn, models, unique_key)
+            database_id = database_identity(cursor)
+        yield Session(settings, url, conn, models, unique_key, database_id)
+
+
+# The cluster's system identifier names a server for good (it survives restarts and moves);
+# a role that may not read it falls back on the server's address and port.
+IDENTITY = """
+SELECT current_database(),
+       CASE WHEN has_function_privilege('pg_control_system()', 'EXECUTE')
+            THEN (SELECT system_identifier::text FROM pg_control_system()) END,
+       host(inet_server_addr()), inet_server_port()
+"""
+
+
+def database_identity(cursor: db.Cursor) -> str:
+    """A file-name-safe name of this database on this server, e.g. `7413…-engine`."""
+    name, system_id, host, port = db.fetch_all(cursor, IDENTITY)[0]
+    server = system_id or f"{host or 'local'}_{port or ''}"
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", f"{server}-{name}")
 
 
 @contextmanager

@@ -79,13 +79,14 @@ class BackfillResult:
     outcomes: tuple[MonthOutcome, ...]
     seconds: float
     throttle: dict[str, Any]
+    interrupted: bool = False  # a signal stopped it: the months in progress were finished first
 
     def counts(self) -> dict[str, int]:
         statuses = [o.status for o in self.outcomes]
         return {
             "planned": len(self.plan.months),
             **{s: statuses.count(s) for s in ("verified", "unverified", "nothing_to_do",
-                                               "failed", "skipped")},
+                                               "failed", "interrupted", "skipped")},
             "not_reached": len(self.plan.months) - len(self.outcomes),
             "inserted": sum(o.inserted for o in self.outcomes),
             "retries": sum(max(0, o.tries - 1) for o in self.outcomes),
@@ -97,9 +98,11 @@ class BackfillResult:
 
     @property
     def exit_code(self) -> int:
-        """2 a month failed on its data (or schema), 1 a verification failed, 75 (EX_TEMPFAIL)
-        a month still failed on transient errors after every retry, else 0. (An interrupted
-        run raises KeyboardInterrupt: the CLI exits 130.)"""
+        """130 interrupted by a signal (the CLI makes it 143 for SIGTERM), 2 a month failed on
+        its data (or schema), 1 a verification failed, 75 (EX_TEMPFAIL) a month still failed on
+        transient errors after every retry, else 0."""
+        if self.interrupted:
+            return 130
         failed = {o.error_kind for o in self.outcomes if o.status == "failed"}
         if failed - {"transient"}:
             return 2
@@ -112,7 +115,8 @@ class BackfillResult:
                 "plan": self.plan.to_dict(), "counts": self.counts(),
                 "seconds": round(self.seconds, 3),
                 "rows_per_second": round(self.rows_per_second, 1), "exit_code": self.exit_code,
-                "months": [o.to_dict() for o in self.outcomes], "throttle": self.throttle}
+                "months": [o.to_dict() for o in self.outcomes], "throttle": self.throttle,
+                "interrupted": self.interrupted}
 
 
 def with_application_name(url: str, name: str) -> str:
@@ -127,14 +131,18 @@ def with_application_name(url: str, name: str) -> str:
 def run_backfill(settings: Settings, request: BackfillRequest, *, url: str | None = None,
                  on_event: EventCallback | None = None,
                  choose: Callable[[db.Cursor], Plan] | None = None,
-                 alerter: Alerter | None = None) -> BackfillResult:
+                 alerter: Alerter | None = None,
+                 stop: threading.Event | None = None) -> BackfillResult:
     """Reconcile the planned months (`choose` picks them; default: `request`'s range and
     selection) with `request.jobs` workers; record the backfill in `reconciliation_backfills`.
 
-    Raises `DatabaseUnavailable`/`SchemaError`/`InputError` before any work starts;
-    `KeyboardInterrupt` after recording the backfill as interrupted. Failed months do not
-    raise: they are outcomes. `alerter` hears of every month that ends failed or unverified,
-    and of missing rows left when the run ends.
+    Raises `DatabaseUnavailable`/`SchemaError`/`InputError` before any work starts. Setting
+    `stop` (a signal handler does) stops the run cleanly: no new month starts, the months in
+    progress finish (or stop before they write), and the result says `interrupted`; a
+    `KeyboardInterrupt` stops it at once. Either way the backfill row is closed as
+    `interrupted` with its real counts. Failed months do not raise: they are outcomes.
+    `alerter` hears of every month that ends failed or unverified, and of missing rows left
+    when the run ends.
     """
     if request.jobs < 1:
         raise InputError(f"--jobs must be at least 1, not {request.jobs}")
@@ -155,7 +163,7 @@ def run_backfill(settings: Settings, request: BackfillRequest, *, url: str | Non
             locks.try_lock(cursor, (locks.BACKFILL_LOCK_CLASS, backfill_id % 2**31))
         emit(Event("plan", detail=str(backfill_id), plan=chosen))
         runner = _Runner(settings, url, request, backfill_id, chosen, emit,
-                         alerter.month_failed if alerter else None)
+                         alerter.month_failed if alerter else None, stop or threading.Event())
 
         def heartbeat(status: str, error: str | None = None) -> None:
             def update(cursor: db.Cursor) -> None:
@@ -182,9 +190,12 @@ def run_backfill(settings: Settings, request: BackfillRequest, *, url: str | Non
             _quietly(heartbeat, "failed", f"{type(error).__name__}: {error}")
             raise
         result = runner.result()
-        heartbeat("completed" if result.exit_code == 0 else "failed",
-                  None if result.exit_code == 0 else _summary_error(result))
-        if alerter is not None:
+        if result.interrupted:
+            heartbeat("interrupted", "interrupted")
+        else:
+            heartbeat("completed" if result.exit_code == 0 else "failed",
+                      None if result.exit_code == 0 else _summary_error(result))
+        if alerter is not None and not result.interrupted:  # an operator stopped it: no alarm
             _quietly(_alert_leftovers, control, result, alerter)
     return result
 
@@ -216,12 +227,12 @@ def _alert_leftovers(control: Session, result: BackfillResult, alerter: Alerter)
 class _Runner:
     def __init__(self, settings: Settings, url: str, request: BackfillRequest, backfill_id: int,
                  plan: Plan, emit: EventCallback,
-                 alert: Callable[[MonthOutcome], None] | None) -> None:
+                 alert: Callable[[MonthOutcome], None] | None, stop: threading.Event) -> None:
         self.settings, self.url, self.request, self.backfill_id = settings, url, request, backfill_id
         self.plan, self.emit, self.alert = plan, emit, alert
         self.throttle = Throttle(request.throttle, request.jobs,
                                  on_decision=lambda d: emit(Event("throttle", decision=d)))
-        self.stop = threading.Event()
+        self.stop = stop  # set by a signal (a clean stop) or by a bug in a worker
         self.work = MonthWork(backfill_id=backfill_id, retry=request.retry,
                               wait_busy=request.wait_busy, busy_grace=request.busy_grace,
                               version=request.version, fix=request.fix,
@@ -246,6 +257,12 @@ class _Runner:
                     beat = time.monotonic()
                     _quietly(heartbeat, "running")
             self.throttle.drain(self.stop)
+        except KeyboardInterrupt:
+            # A second signal: stop now. The workers are daemon threads: their connections
+            # close with the process, PostgreSQL rolls back what they had not committed, and a
+            # committed month left unverified is recorded as interrupted when next taken over.
+            self.stop.set()
+            raise
         except BaseException:
             self.stop.set()
             log.warning("stopping: waiting for the months in progress to finish")
@@ -260,7 +277,8 @@ class _Runner:
             outcomes = list(self.outcomes.values())
         statuses = [o.status for o in outcomes]
         return {"verified": statuses.count("verified") + statuses.count("nothing_to_do"),
-                "failed": statuses.count("failed") + statuses.count("unverified"),
+                "failed": statuses.count("failed") + statuses.count("unverified")
+                + statuses.count("interrupted"),
                 "skipped": statuses.count("skipped"),
                 "inserted": sum(o.inserted for o in outcomes),
                 "retries": sum(max(0, o.tries - 1) for o in outcomes)}
@@ -268,7 +286,8 @@ class _Runner:
     def result(self) -> BackfillResult:
         ordered = tuple(self.outcomes[m.month] for m in self.plan.months if m.month in self.outcomes)
         return BackfillResult(self.backfill_id, self.request.command, self.plan, ordered,
-                              time.monotonic() - self.started, self.throttle.record())
+                              time.monotonic() - self.started, self.throttle.record(),
+                              interrupted=self.stop.is_set() and self._bug is None)
 
     def _next(self) -> tuple[PlannedMonth, bool] | None:
         with self._lock:

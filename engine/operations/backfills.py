@@ -1,6 +1,6 @@
 """The backfill record: one row per `engine run` or `engine scheduled` in
-`reconciliation_backfills`, and the runs linked to it. Each function runs in the caller's
-transaction."""
+`reconciliation_backfills` (each run names its backfill from its start, see
+`progress.start_run`). Each function runs in the caller's transaction."""
 
 from __future__ import annotations
 
@@ -10,14 +10,7 @@ import socket
 from collections.abc import Mapping
 from typing import Any
 
-from engine.months import Month
 from engine.store import db
-
-LINK_RUNS = """
-UPDATE reconciliation_runs SET backfill_id = $1
-WHERE month = $2 AND id > $3 AND pid = $4 AND backfill_id IS NULL
-"""
-
 
 START_BACKFILL = """
 INSERT INTO reconciliation_backfills (command, status, arguments, plan, jobs, pid, host)
@@ -32,11 +25,6 @@ UPDATE reconciliation_backfills SET
     finished_at = CASE WHEN $2 = 'running' THEN NULL ELSE clock_timestamp() END
 WHERE id = $1
 """
-
-
-def link_runs(cursor: db.Cursor, backfill_id: int, month: Month, after_run_id: int | None) -> None:
-    """Attach this process's newer runs of `month` to the backfill that made them."""
-    cursor.execute(LINK_RUNS, (backfill_id, str(month), after_run_id or 0, os.getpid()))
 
 
 def start_backfill(cursor: db.Cursor, command: str, arguments: Mapping[str, Any],

@@ -20,12 +20,18 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.errors import DatabaseUnavailable, EngineError, InputError, SchemaError, SourceDataError
+from engine.errors import (
+    DatabaseUnavailable,
+    EngineError,
+    InputError,
+    Interrupted,
+    SchemaError,
+    SourceDataError,
+)
 from engine.month import fingerprints, locks, progress
 from engine.month.reconcile import MonthResult, reconcile_month
 from engine.month.session import Session, open_session
 from engine.months import Month
-from engine.operations import backfills
 from engine.operations.selection import Plan, PlannedMonth
 from engine.operations.throttle import Decision
 from engine.store import db
@@ -59,8 +65,9 @@ class RetryPolicy:
 
 @dataclass(frozen=True)
 class MonthOutcome:
-    """How a month ended in this backfill: `verified`, `unverified`, `nothing_to_do`, `failed`
-    or `skipped` (`reason`: busy, completed_meanwhile, taken_over)."""
+    """How a month ended in this backfill: `verified`, `unverified`, `nothing_to_do`, `failed`,
+    `interrupted` (a signal stopped it before it wrote) or `skipped` (`reason`: busy,
+    completed_meanwhile, taken_over)."""
 
     month: Month
     status: str
@@ -165,8 +172,7 @@ class MonthWork:
         """Reconcile `planned.month` with retries; `deferred`: it was busy once already."""
         month, retry = planned.month, self.retry
         start, failures, tries = time.monotonic(), 0, 0
-        attempts, last_run = (planned.previous.attempts, planned.previous.last_run_id) \
-            if planned.previous else (0, None)
+        attempts = planned.previous.attempts if planned.previous else 0
         prepared = False
 
         def outcome(status: str, **fields: Any) -> MonthOutcome:
@@ -184,19 +190,21 @@ class MonthWork:
                         return outcome("skipped", reason=skipped)
                 with worker.transaction() as cursor:
                     state = progress.month_states(cursor, month, month).get(month)
-                    attempts, last_run = (state.attempts, state.last_run_id) if state else (0, None)
+                    attempts = state.attempts if state else 0
                     fingerprint = fingerprints.source_fingerprints(cursor, month, month).get(month)
                 tries += 1
                 self.emit(Event("start", month, f"try {tries}"))
                 result = reconcile_month(
                     worker.session(), month, version=self.version, fix=self.fix,
-                    command=self.command,
+                    command=self.command, stop=self.stop, backfill_id=self.backfill_id,
                     on_step=lambda m, step: self.emit(Event("step", m, step)))
+            except Interrupted as error:  # stopped before it wrote: recorded as interrupted
+                return outcome("interrupted", error=str(error), error_kind="interrupted")
             except TRANSIENT as error:
                 failures += 1
                 worker.discard()
                 final = failures >= retry.attempts or self.stop.is_set()
-                if not self._record(worker, month, error, "transient", final, attempts + 1, last_run):
+                if not self._record(worker, month, error, "transient", final, attempts + 1):
                     return outcome("skipped", reason="taken_over", error=str(error))
                 if final:
                     log.error("%s failed after %d tries: %s", month, failures, error)
@@ -212,12 +220,12 @@ class MonthWork:
             except EngineError as error:
                 kind = _error_kind(error)
                 log.error("%s failed (%s, not retried): %s", month, kind, error)
-                self._record(worker, month, error, kind, True, attempts + 1, last_run)
+                self._record(worker, month, error, kind, True, attempts + 1)
                 return outcome("failed", error=str(error), error_kind=kind)
-            return self._done(worker, planned, result, fingerprint, last_run, tries, start)
+            return self._done(worker, planned, result, fingerprint, tries, start)
 
     def _done(self, worker: WorkerSession, planned: PlannedMonth, result: MonthResult,
-              fingerprint: fingerprints.Fingerprint | None, last_run: int | None, tries: int,
+              fingerprint: fingerprints.Fingerprint | None, tries: int,
               start: float) -> MonthOutcome:
         month = planned.month
         try:
@@ -226,7 +234,6 @@ class MonthWork:
                     fingerprints.store_fingerprint(cursor, month, fingerprint)
                 elif result.status == "unverified":
                     progress.mark_error_kind(cursor, month, "verification")
-                backfills.link_runs(cursor, self.backfill_id, month, last_run)
         except EngineError:  # bookkeeping only: the month itself is done and recorded
             log.warning("could not record the fingerprint of %s", month, exc_info=True)
         error = None
@@ -273,7 +280,7 @@ class MonthWork:
         return None
 
     def _record(self, worker: WorkerSession, month: Month, error: EngineError, kind: str, final: bool,
-                attempts: int, last_run: int | None) -> bool:
+                attempts: int) -> bool:
         """Store a failed try on the month's row, under its lock, on a working session.
         False when another process took the month meanwhile."""
         try:
@@ -285,7 +292,6 @@ class MonthWork:
                 progress.close_abandoned_runs(cursor, month, str(error))
                 progress.record_attempt(cursor, month, attempts=attempts, error=str(error),
                                         kind=kind, final=final)
-                backfills.link_runs(cursor, self.backfill_id, month, last_run)
         except EngineError:
             worker.discard()
             log.warning("could not record the failure of %s", month, exc_info=True)

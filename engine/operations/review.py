@@ -158,7 +158,7 @@ def undo_run(session: Session, run_id: int) -> UndoResult:
     month's lock, refresh the summaries it touched and record the undo as a run of its own.
 
     Raises `UndoRefused` (nothing changed) or `MonthBusy`."""
-    record, before, inserted = undo.read_record(session.settings.data_dir, run_id)
+    record, before, inserted = undo.read_record(session.undo_dir, run_id)
     with db.translated_errors(session.url), month_lock(session, record.month):
         with session.transaction() as cursor:
             _lock_run(cursor, record)
@@ -182,7 +182,7 @@ def undo_run(session: Session, run_id: int) -> UndoResult:
 def check_undo(session: Session, run_id: int) -> None:
     """Raise `UndoRefused` unless `undo_run(session, run_id)` could be done now. Changes
     nothing."""
-    record, before, inserted = undo.read_record(session.settings.data_dir, run_id)
+    record, before, inserted = undo.read_record(session.undo_dir, run_id)
     with db.translated_errors(session.url), session.transaction() as cursor:
         _lock_run(cursor, record)
         undo.check(cursor, record, before, inserted)

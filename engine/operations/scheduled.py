@@ -10,6 +10,7 @@ overlaps a running one a no-op; month locks keep it off months a backfill is wor
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -97,8 +98,10 @@ def find_changes(cursor: db.Cursor) -> tuple[list[Change], dict[Month, progress.
 def run_scheduled(settings: Settings, *, url: str | None = None, jobs: int = 1,
                   throttle: ThrottleConfig | None = None, retry: RetryPolicy | None = None,
                   on_event: EventCallback | None = None, alerter: Alerter | None = None,
-                  on_changes: Callable[[list[Change]], None] | None = None) -> ScheduledResult:
-    """Reconcile the months that are due. Raises what `run_backfill` raises before starting."""
+                  on_changes: Callable[[list[Change]], None] | None = None,
+                  stop: threading.Event | None = None) -> ScheduledResult:
+    """Reconcile the months that are due. Raises what `run_backfill` raises before starting;
+    `stop` stops it cleanly as it stops `run_backfill`."""
     url = with_application_name(url or db.resolve_url(settings.database_url, settings.data_dir),
                                 "engine-scheduled")
     with db.connect(url) as conn, db.translated_errors(url):
@@ -125,6 +128,6 @@ def run_scheduled(settings: Settings, *, url: str | None = None, jobs: int = 1,
                                   throttle=throttle or ThrottleConfig(load_aware=True),
                                   retry=retry or RetryPolicy())
         result = run_backfill(settings, request, url=url, on_event=on_event, choose=choose,
-                              alerter=alerter)
+                              alerter=alerter, stop=stop)
         # The scheduler lock goes with the connection.
     return ScheduledResult(tuple(found), result if found else None)

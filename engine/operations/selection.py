@@ -20,7 +20,7 @@ ORDERS = ("plan", "newest", "oldest")
 PLAN_YEARS: tuple[tuple[int, int | None], ...] = ((2024, None), (2023, 12), (2022, None))
 
 #: Without `--only`: every month that is not completed.
-DEFAULT_SELECTION = frozenset({"missing", "failed", "stale", "running"})
+DEFAULT_SELECTION = frozenset({"missing", "failed", "interrupted", "stale", "running"})
 
 _WIDEST = (Month(2000, 1), Month(2100, 12))
 
@@ -31,7 +31,7 @@ class PlannedMonth:
     (the weight the dashboard's ETA uses)."""
 
     month: Month
-    selection: str  # missing | failed | stale | running | completed
+    selection: str  # missing | failed | interrupted | stale | running | completed
     records: int
     previous: progress.MonthState | None = None
 

@@ -108,7 +108,7 @@ UPDATE reconciliation_runs SET undone_by = CASE WHEN id = $1 THEN $2 END,
 WHERE id IN ($1, $2)
 """
 #: Run statuses whose write transaction committed.
-UNDOABLE = ("loaded", "verified", "unverified")
+UNDOABLE = ("loaded", "verified", "unverified", "interrupted")
 
 
 @dataclass(frozen=True)
@@ -141,8 +141,10 @@ class UndoRecord:
                    None if summary_days is None else tuple(map(date.fromisoformat, summary_days)))
 
 
-def directory(data_dir: Path, run_id: int) -> Path:
-    return data_dir / "undo" / str(run_id)
+def directory(undo_dir: Path, run_id: int) -> Path:
+    """The folder of run `run_id`'s undo image in this database's `undo_dir`
+    (`data/undo/<database>/`, see `Session.undo_dir`)."""
+    return undo_dir / str(run_id)
 
 
 def applied_at(cursor: db.Cursor) -> datetime:
@@ -152,14 +154,14 @@ def applied_at(cursor: db.Cursor) -> datetime:
     return value
 
 
-def write_record(data_dir: Path, record: UndoRecord, *, inserted: Path | None,
+def write_record(undo_dir: Path, record: UndoRecord, *, inserted: Path | None,
                  before: pl.DataFrame) -> Path:
     """Write the run's undo record (call it before the transaction commits); return its folder.
 
     `inserted` is the Parquet file of the rows staged for insert (hard-linked, not copied).
     """
-    folder = directory(data_dir, record.run_id)
-    shutil.rmtree(folder, ignore_errors=True)  # a run of an earlier database had this id
+    folder = directory(undo_dir, record.run_id)
+    shutil.rmtree(folder, ignore_errors=True)  # an earlier, recreated database had this id
     folder.mkdir(parents=True)
     if inserted is not None:
         target = folder / INSERTED
@@ -175,9 +177,14 @@ def write_record(data_dir: Path, record: UndoRecord, *, inserted: Path | None,
     return folder
 
 
-def read_record(data_dir: Path, run_id: int) -> tuple[UndoRecord, pl.DataFrame, pl.DataFrame]:
-    """The run's record, before-images and inserted keys. Raises `UndoRefused` without one."""
-    folder = directory(data_dir, run_id)
+def read_record(undo_dir: Path, run_id: int) -> tuple[UndoRecord, pl.DataFrame, pl.DataFrame]:
+    """The run's record, before-images and inserted keys. Raises `UndoRefused` without one.
+
+    Images of earlier versions lie in `data/undo/<run id>/`, shared by every database: they are
+    still read (`restore` refuses unless the rows are exactly as that run left them)."""
+    folder = directory(undo_dir, run_id)
+    if not (folder / MANIFEST).exists() and (directory(undo_dir.parent, run_id) / MANIFEST).exists():
+        folder = directory(undo_dir.parent, run_id)
     try:
         record = UndoRecord.from_dict(json.loads((folder / MANIFEST).read_text()))
     except FileNotFoundError:

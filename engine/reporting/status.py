@@ -57,7 +57,7 @@ FROM reconciliation_backfills b ORDER BY b.id DESC LIMIT $2
 
 #: Month states as `engine status` names them (plan selections use missing/running).
 STATUS_NAMES = {"missing": "not_started", "running": "in_progress", "stale": "stale",
-                "completed": "completed", "failed": "failed"}
+                "completed": "completed", "failed": "failed", "interrupted": "interrupted"}
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ import connectorx as cx
 import pyarrow as pa
 from adbc_driver_manager.dbapi import Connection, Cursor
 
-from engine.errors import DatabaseUnavailable, EngineError, InputError, SchemaError
+from engine.errors import DatabaseUnavailable, EngineError, InputError, Interrupted, SchemaError
 
 log = logging.getLogger(__name__)
 
@@ -117,9 +117,23 @@ def translated_errors(url: str) -> Iterator[None]:
         raise translate(error, url) from error
 
 
+def cancelled_by_user(error: BaseException) -> bool:
+    """Whether a cancel request stopped the statement: Ctrl-C during a call on the main thread
+    (ADBC sends libpq's cancel) or `pg_cancel_backend`. PostgreSQL rolled the transaction back."""
+    return (isinstance(error, adbc_driver_manager.Error)
+            and getattr(error, "sqlstate", None) == "57014" and "user request" in str(error))
+
+
+def as_engine_error(error: BaseException, url: str) -> BaseException:
+    """A driver error translated (as `translated_errors` does); any other error unchanged."""
+    return translate(error, url) if isinstance(error, adbc_driver_manager.Error) else error
+
+
 def translate(error: adbc_driver_manager.Error, url: str) -> EngineError:
     state = getattr(error, "sqlstate", None) or ""
     message = _first_line(error)
+    if cancelled_by_user(error):
+        return Interrupted("the statement in progress was cancelled (Ctrl-C) and rolled back")
     if state in TRANSIENT_SQLSTATES or state.startswith("08"):
         return TransientDatabaseError(f"{mask_url(url)}: {message} (SQLSTATE {state})")
     if state in ("42P01", "42703"):

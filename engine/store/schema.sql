@@ -67,7 +67,8 @@ CREATE TABLE IF NOT EXISTS reconciliation_runs (
     formula text NOT NULL,
     dry_run boolean NOT NULL DEFAULT false,
     status text NOT NULL
-        CHECK (status IN ('running', 'loaded', 'verified', 'unverified', 'failed', 'nothing_to_do')),
+        CHECK (status IN ('running', 'loaded', 'verified', 'unverified', 'failed', 'nothing_to_do',
+                          'interrupted')),
     arguments jsonb NOT NULL DEFAULT '{}',
     rows jsonb,
     timings jsonb,
@@ -81,7 +82,7 @@ CREATE TABLE IF NOT EXISTS reconciliation_runs (
 CREATE TABLE IF NOT EXISTS reconciliation_progress (
     month text PRIMARY KEY,
     status text NOT NULL
-        CHECK (status IN ('not_started', 'in_progress', 'completed', 'failed')),
+        CHECK (status IN ('not_started', 'in_progress', 'completed', 'failed', 'interrupted')),
     expected_rows bigint,
     present_rows bigint,
     inserted_rows bigint,
@@ -144,3 +145,23 @@ ALTER TABLE reconciliation_runs ADD COLUMN IF NOT EXISTS summaries jsonb;
 -- names it back; a run is undone at most once.
 ALTER TABLE reconciliation_runs ADD COLUMN IF NOT EXISTS undo_of bigint;
 ALTER TABLE reconciliation_runs ADD COLUMN IF NOT EXISTS undone_by bigint;
+
+-- A run or a month stopped by a signal is `interrupted` (added later): widen the status checks
+-- of tables created before, once.
+DO $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_constraint WHERE conname = 'reconciliation_runs_status_check'
+               AND conrelid = 'reconciliation_runs'::regclass
+               AND pg_get_constraintdef(oid) NOT LIKE '%interrupted%') THEN
+        ALTER TABLE reconciliation_runs DROP CONSTRAINT reconciliation_runs_status_check,
+            ADD CONSTRAINT reconciliation_runs_status_check CHECK (status IN ('running', 'loaded',
+                'verified', 'unverified', 'failed', 'nothing_to_do', 'interrupted'));
+    END IF;
+    IF EXISTS (SELECT 1 FROM pg_constraint WHERE conname = 'reconciliation_progress_status_check'
+               AND conrelid = 'reconciliation_progress'::regclass
+               AND pg_get_constraintdef(oid) NOT LIKE '%interrupted%') THEN
+        ALTER TABLE reconciliation_progress DROP CONSTRAINT reconciliation_progress_status_check,
+            ADD CONSTRAINT reconciliation_progress_status_check CHECK (status IN ('not_started',
+                'in_progress', 'completed', 'failed', 'interrupted'));
+    END IF;
+END $$;
