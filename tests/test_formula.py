@@ -1,7 +1,7 @@
 """Formula v1: hand-worked examples, toFixed(8) ties, and properties against the scalar reference.
 
-Pure tests, no database. `v1_reference` is the plain float64 scalar code DESIGN.md describes;
-the vectorised `expected_rows` must agree with it on every row.
+Pure tests, no database. `tests.reference.v1_reference` is the plain float64 scalar code
+DESIGN.md describes; the vectorised `expected_rows` must agree with it on every row.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import json
 import random
 from collections import defaultdict
 from datetime import date
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import Decimal
 
 import numpy as np
 import polars as pl
@@ -19,10 +19,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine.errors import MissingDifficulty, SourceDataError
-from engine.formula import EXPECTED_SCHEMA, KEY, expected_rows, one_miner_btc, round8_units, v1_reference
+from engine.formula import EXPECTED_SCHEMA, KEY, expected_rows, one_miner_btc, round8_units
 from engine.months import periods_in_day
 from engine.reference import REFERENCE_DIR
 from engine.store.config import load_miner_models
+from tests.reference import to_fixed_8, v1_reference
 
 MODELS = load_miner_models(REFERENCE_DIR / "miner_models.toml")
 S19J_PRO = next(model for model in MODELS if model.name == "S19J_PRO")
@@ -59,7 +60,7 @@ def bitcoin(rows: pl.DataFrame) -> dict[tuple[date, int, str, str], str]:
 
 def exact_units(x: float) -> int:
     """toFixed(8) as integer units, from the double's exact value: ties away from zero."""
-    return int(Decimal(x).quantize(Decimal("1e-8"), rounding=ROUND_HALF_UP).scaleb(8))
+    return int(to_fixed_8(x).scaleb(8))
 
 
 def is_exact_tie(x: float) -> bool:
@@ -170,7 +171,7 @@ def test_an_exact_tie_in_a_farm_share_follows_tofixed_in_engine_and_reference() 
 def test_a_near_tie_goes_the_way_its_exact_binary_value_says(text: str) -> None:
     x = float(text)
     assert not is_exact_tie(x)
-    truth = Decimal(x).quantize(Decimal("1e-8"), rounding=ROUND_HALF_UP)  # exact, independent
+    truth = to_fixed_8(x)  # exact, independent
     assert round8_units(np.array([x])).tolist() == [int(truth.scaleb(8))]
     assert format(x, ".8f") == f"{truth:.8f}"
 
@@ -237,6 +238,19 @@ def test_every_row_equals_the_scalar_reference(month: tuple[list, dict]) -> None
         for model in MODELS
     }
     assert bitcoin(expected_rows(*frames(month), MODELS)) == wanted
+
+
+@PROPERTIES
+@given(months())
+def test_the_halving_formula_before_its_day_is_the_reference_at_6_25(month: tuple[list, dict]) -> None:
+    """Every day drawn is before 2024-04-20, so `halving` is v1 with 6.25 BTC a block."""
+    records, difficulties = month
+    wanted = {
+        (d, p, f, model.name): v1_reference(period_mwh, farm_mwh, float(difficulties[d]), model, 6.25)
+        for (d, p, f), (period_mwh, farm_mwh) in pooled_by_hand(records).items()
+        for model in MODELS
+    }
+    assert bitcoin(expected_rows(*frames(month), MODELS, "halving")) == wanted
 
 
 @PROPERTIES

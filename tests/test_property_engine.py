@@ -1,19 +1,18 @@
 """Property: after every run of the engine on a random small month (and every rerun), the
 calculations table equals an independent, straightforward recomputation in plain Python.
 
-The recomputation below shares no code with the engine: Decimal sums of |volume|, then formula
-v1 step by step in float64 as DESIGN.md gives it, `toFixed(8)` as the double's exact value
-rounded half up (`Decimal(x).quantize(Decimal('1e-8'), ROUND_HALF_UP)`), row by row.
+The recomputation below shares no code with the engine: Decimal sums of |volume|, then
+`tests.reference.v1_reference` (formula v1 step by step in float64 as DESIGN.md gives it,
+`toFixed(8)` as the double's exact value rounded half up), row by row.
 """
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from datetime import date
-from decimal import ROUND_HALF_UP, Decimal
-from typing import Any
+from decimal import Decimal
+from typing import Any, NamedTuple
 
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
@@ -23,16 +22,17 @@ from engine.month.reconcile import reconcile_month
 from engine.month.session import open_session
 from engine.months import Month, periods_in_day
 from tests.conftest import execute, insert_curtailment, insert_difficulty
+from tests.reference import v1_reference
 
 Key = tuple[date, int, str, str]
 
+class Spec(NamedTuple):
+    hashrate_th: float
+    power_w: float
+
+
 #: The default miner models as DESIGN.md states them: name → (TH/s, W).
-MODELS = {"S19J_PRO": (100.0, 3050.0), "S9": (13.5, 1323.0), "M20S": (68.0, 3360.0)}
-
-
-def to_fixed_8(x: float) -> Decimal:
-    """JavaScript's `x.toFixed(8)` for x ≥ 0: the exact binary value, ties up."""
-    return Decimal(x).quantize(Decimal("1e-8"), rounding=ROUND_HALF_UP)
+MODELS = {"S19J_PRO": Spec(100.0, 3050.0), "S9": Spec(13.5, 1323.0), "M20S": Spec(68.0, 3360.0)}
 
 
 def recompute(records: Iterable[tuple[date, int, str, str]],
@@ -51,11 +51,9 @@ def recompute(records: Iterable[tuple[date, int, str, str]],
         if mwh <= 0:
             continue
         total = float(period_mwh[(day, period)])
-        network_th = float(Decimal(difficulty[day])) * 2**32 / 600 / 1e12
-        for model, (terahash, watts) in MODELS.items():
-            miners = math.floor(total * 1000 / (watts / 1000 * 0.5))
-            period_btc = float(to_fixed_8(miners * terahash / network_th * 3.125 * 3))
-            rows[(day, period, farm, model)] = to_fixed_8(period_btc * float(mwh) / total)
+        day_difficulty = float(Decimal(difficulty[day]))
+        for model, spec in MODELS.items():
+            rows[(day, period, farm, model)] = Decimal(v1_reference(total, float(mwh), day_difficulty, spec))
     return rows
 
 
