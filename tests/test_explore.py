@@ -110,7 +110,7 @@ def test_explain_row_recomputes_a_missing_row_step_by_step(tiny: explore.Workspa
     assert (row.farm_mwh, row.period_mwh, row.miners) == (10.0, 20.0, 13114)
     assert row.network_th == pytest.approx(715827882.6666666)
     assert f"{row.period_btc:.8f}" == "0.01717504"
-    assert row.farm_btc == row.reference == row.vectorised == "0.00858752"
+    assert row.farm_btc == row.kernel == row.vectorised == "0.00858752"
     assert row.agrees and row.status == "missing" and row.stored == ()
     assert row.steps()["step"].to_list()[:7] == [
         "farm MWh", "period MWh", "miners", "network TH/s", "period BTC", "farm share", "farm BTC"]

@@ -60,7 +60,7 @@ def test_explore_gaps_runs_before_reconciliation_and_shows_the_backlog(demo: Set
     text = run_notebook("explore_gaps.ipynb", demo)
     assert f"python {sys.executable}" in text  # the kernel is the project's own interpreter
     assert "source: database" in text
-    assert "status: missing · the steps, v1_reference and expected_rows agree: True" in text
+    assert "status: missing · the steps, the kernel and expected_rows agree: True" in text
 
 
 @pytest.mark.slow
@@ -69,7 +69,7 @@ def test_both_notebooks_run_after_reconciliation(demo: Settings) -> None:
         assert reconcile_month(session, Month(2023, 12)).status == "verified"
     gaps = run_notebook("explore_gaps.ipynb", demo)
     assert "source: recorded" in gaps  # nothing is missing now: the backlog the run filled
-    assert "status: present · the steps, v1_reference and expected_rows agree: True" in gaps
+    assert "status: present · the steps, the kernel and expected_rows agree: True" in gaps
     throughput = run_notebook("throughput.ipynb", demo)
     assert "1 run(s) of 1 month(s)" in throughput
     assert "0 run(s) not verified" in throughput

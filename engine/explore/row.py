@@ -1,26 +1,25 @@
 """Drill from one calculation row to the curtailment records behind it and recompute it step
 by step with formula v1, as a notebook shows it.
 
-The steps are DESIGN.md's, in its order, with `engine.formula`'s pieces (`pooled_periods`,
-`network_terahash`, `round8_units_exact`, the block reward); the result is checked against
-`formula.v1_reference` and against the vectorised `formula.expected_rows`, so a step shown
-here can never silently disagree with what the engine writes.
+The steps are DESIGN.md's, in its order, each one `engine.formula.kernel`'s own step function
+on this row's numbers (pooled with `formula.pooled_periods`); the result is checked against
+`kernel.v1` called on the row and against the vectorised `formula.expected_rows` on its
+period, so a step shown here can never silently disagree with what the engine writes.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal
 from typing import Any
 
-import numpy as np
 import polars as pl
 
 from engine import formula
 from engine.errors import InputError, MissingDifficulty
+from engine.formula import kernel
 from engine.store import db
 from engine.store.config import MinerModel
 
@@ -44,8 +43,8 @@ class RowExplanation:
     `records` are the farm's records in the period (id, lead_party_name, volume);
     `period_farms` every farm curtailing in that period (farm_id, farm_mwh, share);
     `stored` what the calculations table holds for the key now (one value per copy, none
-    when the row is missing). `farm_btc` is the step-by-step result, `reference` that of
-    `formula.v1_reference`, `vectorised` that of `formula.expected_rows`.
+    when the row is missing). `farm_btc` is the step-by-step result, `kernel` that of
+    `formula.kernel.v1` called on the row, `vectorised` that of `formula.expected_rows`.
     """
 
     settlement_date: date
@@ -62,14 +61,14 @@ class RowExplanation:
     period_btc: float
     farm_share: float
     farm_btc: str
-    reference: str
+    kernel: str
     vectorised: str
     stored: tuple[str, ...]
 
     @property
     def agrees(self) -> bool:
-        """Whether the steps, the scalar reference and the vectorised formula give one value."""
-        return self.farm_btc == self.reference == self.vectorised
+        """Whether the steps, the kernel on the row and the vectorised formula give one value."""
+        return self.farm_btc == self.kernel == self.vectorised
 
     @property
     def status(self) -> str:
@@ -90,11 +89,11 @@ class RowExplanation:
             ("miners", f"floor(period MWh × 1000 / ({m.power_w:g} W / 1000 × 0.5))", str(self.miners)),
             ("network TH/s", f"difficulty {self.difficulty:f} × 2^32 / 600 / 1e12", f"{self.network_th!r}"),
             ("period BTC", f"round8(miners × {m.hashrate_th:g} TH/s / network TH/s × "
-                           f"{formula.BLOCK_REWARD} × {formula.BLOCKS_PER_PERIOD})",
+                           f"{kernel.BLOCK_REWARD} × {kernel.BLOCKS_PER_PERIOD})",
              f"{self.period_btc:.8f}"),
             ("farm share", "farm MWh / period MWh", f"{self.farm_share!r}"),
             ("farm BTC", "round8(period BTC × farm MWh / period MWh)", self.farm_btc),
-            ("v1_reference", "formula.v1_reference (scalar)", self.reference),
+            ("kernel", "formula.kernel.v1 (this row)", self.kernel),
             ("expected_rows", "formula.expected_rows (vectorised)", self.vectorised),
             ("stored", f"{len(self.stored)} row(s) in the table", ", ".join(self.stored) or "none"),
         ]
@@ -108,7 +107,7 @@ class RowExplanation:
             "farms_in_period": self.period_farms.height, "farm_mwh": self.farm_mwh,
             "period_mwh": self.period_mwh, "difficulty": str(self.difficulty),
             "miners": self.miners, "network_th": self.network_th, "period_btc": self.period_btc,
-            "farm_share": self.farm_share, "farm_btc": self.farm_btc, "reference": self.reference,
+            "farm_share": self.farm_share, "farm_btc": self.farm_btc, "kernel": self.kernel,
             "vectorised": self.vectorised, "stored": list(self.stored), "status": self.status,
             "agrees": self.agrees,
         }
@@ -146,11 +145,12 @@ def explain(url: str, models: Sequence[MinerModel], settlement_date: date, settl
     farm_mwh = farm["farm_volume"].cast(pl.Float64).item()
     period_mwh = farm["period_volume"].cast(pl.Float64).item()
     difficulty_f = pl.Series([day_difficulty], dtype=pl.Decimal(38, 10)).cast(pl.Float64).item()
-    miners = math.floor(period_mwh * 1000 / (model.power_w / 1000 * 0.5))
-    network_th = float(formula.network_terahash(np.array([difficulty_f]))[0])
-    period_btc = formula.round8_units_exact(
-        miners * model.hashrate_th / network_th * formula.BLOCK_REWARD * formula.BLOCKS_PER_PERIOD) / 1e8
-    farm_btc = formula.round8_units_exact(period_btc * farm_mwh / period_mwh)
+    # One kernel step at a time, as the table shows them; `kernel.v1` below composes them.
+    miners = int(kernel.miners(period_mwh, model.power_w))
+    network_th = float(kernel.network_terahash(difficulty_f))
+    period_btc = float(kernel.period_btc(miners, model.hashrate_th, network_th, kernel.BLOCK_REWARD))
+    farm_btc = float(kernel.farm_btc(period_btc, farm_mwh, period_mwh))
+    whole = kernel.v1(farm_mwh, period_mwh, difficulty_f, model.power_w, model.hashrate_th).farm_btc
 
     difficulty_frame = pl.DataFrame({"settlement_date": [settlement_date], "difficulty": [day_difficulty]},
                                     schema={"settlement_date": pl.Date, "difficulty": pl.Decimal(38, 10)})
@@ -165,8 +165,7 @@ def explain(url: str, models: Sequence[MinerModel], settlement_date: date, settl
                                    / pl.col("period_volume").cast(pl.Float64)),
         farm_mwh=farm_mwh, period_mwh=period_mwh, difficulty=day_difficulty, miners=miners,
         network_th=network_th, period_btc=period_btc, farm_share=farm_mwh / period_mwh,
-        farm_btc=f"{Decimal(farm_btc).scaleb(-8):.8f}",
-        reference=formula.v1_reference(period_mwh, farm_mwh, difficulty_f, model),
+        farm_btc=f"{farm_btc:.8f}", kernel=f"{float(whole):.8f}",
         vectorised=f"{vectorised:.8f}",
         stored=tuple(_bitcoin_text(row[1]) for row in stored),
     )

@@ -1,30 +1,29 @@
 """Formula versions: pure functions from a month's curtailment to the rows it implies.
 
-No I/O, no clock, no settings. All arithmetic is IEEE float64 through NumPy, in the order
-DESIGN.md gives, because Polars divides by a constant through its reciprocal (off in the last
-bit often enough to flip floors and ties). Exact decimal sums are converted to float once.
+No I/O, no clock, no settings. Each version is one function registered by name over
+`kernel.v1`, where the arithmetic is written once (float64 through NumPy, in DESIGN.md's
+order); this module pools the source (exact decimal sums, converted to float once), joins the
+day's difficulty and turns the kernel's bitcoin into exact decimal columns.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from datetime import date
-from decimal import ROUND_HALF_UP, Decimal
 
 import numpy as np
 import polars as pl
 
 from engine.errors import MissingDifficulty, SourceDataError
-from engine.formula import decimals
+from engine.formula import decimals, kernel
+from engine.formula.kernel import BLOCK_REWARD, BLOCKS_PER_PERIOD, network_terahash
+from engine.formula.rounding import round8, round8_units, round8_units_exact
 from engine.months import periods_in_day
 from engine.store.config import MinerModel
 
 KEY = ["settlement_date", "settlement_period", "farm_id", "miner_model"]
 SOURCE_KEY = KEY[:3]
 BITCOIN = pl.Decimal(18, 8)
-BLOCK_REWARD = 3.125
-BLOCKS_PER_PERIOD = 3
 
 #: The columns and types of every expected-rows frame.
 EXPECTED_SCHEMA = pl.Schema({
@@ -71,12 +70,8 @@ def expected_rows(
 def formula_v1(
     curtailment: pl.DataFrame, difficulty: pl.DataFrame, models: Sequence[MinerModel]
 ) -> pl.DataFrame:
-    """Formula v1, the one production used. Per (date, period) and model::
-
-        miners     = floor(period_mwh * 1000 / (W / 1000 * 0.5))
-        network_th = difficulty * 2**32 / 600 / 1e12
-        period_btc = round8(miners * TH / network_th * 3.125 * 3)
-        farm_btc   = round8(period_btc * farm_mwh / period_mwh)
+    """Formula v1, the one production used: `kernel.v1` on each (date, period, farm) and
+    model, the period's farms pooled, a block reward of 3.125 on every date.
 
     Worked example: one farm curtailing 10 MWh in a period at difficulty 1e14, S19J_PRO
     (100 TH/s, 3050 W): miners = floor(10000 / 1.525) = 6557; network_th =
@@ -91,7 +86,7 @@ def formula_v1(
 def formula_halving(
     curtailment: pl.DataFrame, difficulty: pl.DataFrame, models: Sequence[MinerModel]
 ) -> pl.DataFrame:
-    """Formula v1 with the block reward of the day: 6.25 BTC before the halving of
+    """`kernel.v1` with the block reward of the day: 6.25 BTC before the halving of
     2024-04-20, 3.125 from that day on. Opt-in (`--formula halving`); production used v1.
 
     Worked example: the v1 example on 2023-12-01 (10 MWh, difficulty 1e14, S19J_PRO) gives
@@ -125,19 +120,16 @@ def _pooled_formula(curtailment: pl.DataFrame, difficulty: pl.DataFrame,
     rows = _with_difficulty(periods, difficulty)
     farm_mwh = rows["farm_volume"].cast(pl.Float64).to_numpy()
     period_mwh = rows["period_volume"].cast(pl.Float64).to_numpy()
-    network_th = network_terahash(rows["difficulty"].cast(pl.Float64).to_numpy())
+    day_difficulty = rows["difficulty"].cast(pl.Float64).to_numpy()
     reward = block_rewards(rows["settlement_date"], version)
     frames = []
     for model in models:
-        miners = np.floor(period_mwh * 1000.0 / (model.power_w / 1000.0 * 0.5))
-        # The same float64 operations in the same order as v1 always had; a 3.125 array
-        # multiplies exactly as the 3.125 constant did.
-        period_btc = round8(miners * model.hashrate_th / network_th * reward * BLOCKS_PER_PERIOD)
-        farm_units = round8_units(period_btc * farm_mwh / period_mwh)
+        steps = kernel.v1(farm_mwh, period_mwh, day_difficulty, model.power_w, model.hashrate_th, reward)
         frames.append(
             rows.select(
                 *SOURCE_KEY, pl.lit(model.name).alias("miner_model"),
-                bitcoin_column(farm_units), "difficulty",
+                # farm_btc is already toFixed(8): its units are exact.
+                bitcoin_column(round8_units(steps.farm_btc)), "difficulty",
             )
         )
     return _finish(frames)
@@ -192,11 +184,6 @@ def validate_source(curtailment: pl.DataFrame) -> None:
         )
 
 
-def network_terahash(difficulty: np.ndarray) -> np.ndarray:
-    """The network's hash rate in TH/s implied by the difficulty (a block every 600 s)."""
-    return difficulty * 2.0**32 / 600.0 / 1e12
-
-
 def one_miner_btc(difficulty: pl.DataFrame, models: Sequence[MinerModel],
                   version: str = "v1") -> pl.DataFrame:
     """Bitcoin one miner of each model earns in one period at each date's difficulty (with
@@ -211,39 +198,11 @@ def one_miner_btc(difficulty: pl.DataFrame, models: Sequence[MinerModel],
         difficulty.select(
             "settlement_date",
             pl.lit(model.name).alias("miner_model"),
-            pl.Series("tolerance", model.hashrate_th / network_th * reward * BLOCKS_PER_PERIOD),
+            pl.Series("tolerance", kernel.period_btc(1.0, model.hashrate_th, network_th, reward,
+                                                     rounded=False)),
         )
         for model in models
     ])
-
-
-def round8(x: np.ndarray) -> np.ndarray:
-    """JavaScript's `Number(x.toFixed(8))`, element-wise."""
-    return round8_units(x) / 1e8
-
-
-def round8_units(x: np.ndarray) -> np.ndarray:
-    """The integer n with n / 1e8 == x.toFixed(8): the exact binary value of each double
-    rounded to 8 decimals, ties away from zero. Returned as int64.
-
-    `x * 1e8` is off by at most half an ulp, which decides the rounding only next to a tie;
-    those few elements (and any beyond 2**52) are settled exactly with `Decimal`.
-    """
-    scaled = np.asarray(x, dtype=np.float64) * 1e8
-    floor = np.floor(scaled)
-    fraction = scaled - floor
-    units = floor + (fraction >= 0.5)
-    unsure = (np.abs(fraction - 0.5) <= 2 * np.spacing(np.abs(scaled))) | ~(np.abs(scaled) < 2.0**52)
-    for i in np.flatnonzero(unsure):
-        units[i] = round8_units_exact(float(x[i]))
-    return units.astype(np.int64)
-
-
-def round8_units_exact(x: float) -> int:
-    """Scalar, exact `toFixed(8)` as integer units of 1e-8. Raises ValueError if not finite."""
-    if not math.isfinite(x):
-        raise ValueError(f"cannot round {x} to 8 decimals")
-    return int(Decimal(x).quantize(Decimal("1e-8"), rounding=ROUND_HALF_UP).scaleb(8))
 
 
 def bitcoin_column(units: np.ndarray, name: str = "bitcoin_mined") -> pl.Series:
@@ -276,31 +235,23 @@ def _finish(frames: list[pl.DataFrame]) -> pl.DataFrame:
     return rows.sort(KEY).select(EXPECTED_SCHEMA.names()).cast(EXPECTED_SCHEMA)
 
 
-def v1_reference(
-    period_mwh: float, farm_mwh: float, difficulty: float, model: MinerModel
-) -> str:
-    """Formula v1 for one row, in plain scalar Python: the reference the vector code must match.
-
-    Returns the 8-decimal string production stored.
-    """
-    miners = math.floor(period_mwh * 1000 / (model.power_w / 1000 * 0.5))
-    network_th = difficulty * 2**32 / 600 / 1e12
-    period_btc = round8_units_exact(miners * model.hashrate_th / network_th * 3.125 * 3) / 1e8
-    units = round8_units_exact(period_btc * farm_mwh / period_mwh)
-    return f"{Decimal(units).scaleb(-8):.8f}"
-
-
 __all__ = [
+    "BLOCKS_PER_PERIOD",
+    "BLOCK_REWARD",
     "EXPECTED_SCHEMA",
     "FORMULAS",
     "HALVING_DAY",
     "KEY",
+    "SOURCE_KEY",
     "block_rewards",
     "date",
     "expected_rows",
+    "kernel",
+    "network_terahash",
     "one_miner_btc",
     "pooled_periods",
+    "register",
     "round8",
     "round8_units",
-    "v1_reference",
+    "round8_units_exact",
 ]

@@ -1,7 +1,8 @@
 """Why a row drifted or is duplicated: the older writers recomputed and matched. Pure.
 
 Only the drift and duplicate rows are looked at (a handful per month), so this costs nothing
-on a month that is right. Each row gets the first cause that reproduces it, in this order:
+on a month that is right. The older writers are recomputed with `engine.formula.kernel`
+through `engine.repairs.legacy`. Each row gets the first cause that reproduces it, in this order:
 
 1. `linear_sql`: its difficulty is the linear SQL's fixed D of its year and its bitcoin is
    `|Σ volume| × k × 5e13 / D` (this comes first: 2025's D is also the fallback value);
@@ -25,7 +26,7 @@ from dataclasses import replace
 import numpy as np
 import polars as pl
 
-from engine.formula import BLOCKS_PER_PERIOD, HALVING_DAY, KEY, network_terahash
+from engine.formula import HALVING_DAY, KEY
 from engine.month.diff import ROUNDING, Diff
 from engine.repairs import legacy
 from engine.store.config import MinerModel
@@ -108,12 +109,10 @@ def _matches_a_record(ctx: pl.DataFrame) -> np.ndarray:
     if several.is_empty():
         return np.zeros(ctx.height, dtype=bool)
     each = several.explode("records")
-    volume = each["records"].to_numpy()
-    network_th = network_terahash(each["expected_difficulty"].cast(pl.Float64).to_numpy())
-    with np.errstate(invalid="ignore", divide="ignore"):
-        miners = volume * 1000.0 / (each["power_w"].to_numpy() / 1000.0 * 0.5)
-        values = (miners * each["hashrate_th"].to_numpy() / network_th * 3.125 * BLOCKS_PER_PERIOD
-                  * volume / volume)
+    values = legacy.record_btc(each["records"].to_numpy(),
+                               each["expected_difficulty"].cast(pl.Float64).to_numpy(),
+                               each["power_w"].to_numpy(), each["hashrate_th"].to_numpy())
+    with np.errstate(invalid="ignore"):
         hit = np.abs(each["bitcoin_mined"].cast(pl.Float64).to_numpy() - values) <= EXACT + EXACT * values
     matched = each.select("_row").with_columns(hit=pl.Series(hit)).group_by("_row").agg(pl.col("hit").any())
     out = np.zeros(ctx.height, dtype=bool)

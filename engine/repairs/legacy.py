@@ -1,5 +1,9 @@
 """The older writers of the calculations table, recomputed. Pure: frames in, frames out.
 
+Every v1-like writer is `engine.formula.kernel.v1` with its variant as a parameter (another
+difficulty, no pooling, no floor, no rounding, another reward); only the linear SQL, which is
+not v1 at all, has arithmetic of its own here.
+
 Production's history was written by several formulas besides v1. What is known of them:
 
 - fallback difficulty: v1 with 108105433845147 whenever the day's difficulty was not fetched;
@@ -25,16 +29,7 @@ from decimal import Decimal
 import numpy as np
 import polars as pl
 
-from engine.formula import (
-    BLOCKS_PER_PERIOD,
-    HALVING_DAY,
-    KEY,
-    SOURCE_KEY,
-    block_rewards,
-    network_terahash,
-    pooled_periods,
-    round8,
-)
+from engine.formula import HALVING_DAY, KEY, SOURCE_KEY, block_rewards, kernel, pooled_periods
 from engine.store.config import MinerModel
 
 FALLBACK_DIFFICULTY = Decimal(108105433845147)
@@ -84,19 +79,15 @@ def context(rows: pl.DataFrame, curtailment: pl.DataFrame,
 
 def pooled_btc(ctx: pl.DataFrame, difficulty: str | pl.Series, *, version: str = "v1",
                farm_is_period: bool = False) -> np.ndarray:
-    """Formula v1 (or `version`'s reward) per row of a `context` frame, at the difficulty in
+    """`kernel.v1` (with `version`'s reward) per row of a `context` frame, at the difficulty in
     column `difficulty` (or a Series); with `farm_is_period`, the per-farm variant. Float BTC,
     rounded to 8 decimals as v1 rounds; NaN where the row lacks an input."""
-    farm = ctx["farm_mwh"].to_numpy()
-    period = farm if farm_is_period else ctx["period_mwh"].to_numpy()
     values = ctx[difficulty] if isinstance(difficulty, str) else difficulty
-    network_th = network_terahash(values.cast(pl.Float64).to_numpy())
-    reward = block_rewards(ctx["settlement_date"], version)
-    miners = np.floor(period * 1000.0 / (ctx["power_w"].to_numpy() / 1000.0 * 0.5))
-    raw = miners * ctx["hashrate_th"].to_numpy() / network_th * reward * BLOCKS_PER_PERIOD
-    with np.errstate(invalid="ignore", divide="ignore"):
-        period_btc = _round8_finite(raw)
-        return _round8_finite(period_btc * farm / period)
+    return kernel.v1(
+        ctx["farm_mwh"].to_numpy(), None if farm_is_period else ctx["period_mwh"].to_numpy(),
+        values.cast(pl.Float64).to_numpy(), ctx["power_w"].to_numpy(), ctx["hashrate_th"].to_numpy(),
+        block_rewards(ctx["settlement_date"], version),
+    ).farm_btc
 
 
 def linear_btc(ctx: pl.DataFrame, difficulty: int) -> np.ndarray:
@@ -112,21 +103,12 @@ def linear_difficulties(days: pl.Series) -> list[tuple[int, np.ndarray]]:
     return [(d, years == year) for year, fixed in LINEAR_DIFFICULTY.items() for d in fixed]
 
 
-def record_btc(records: np.ndarray, day_difficulty: float, model: MinerModel) -> np.ndarray:
-    """The per-record writer's bitcoin for each record |volume| of one key: v1's arithmetic
-    with no floor and no rounding, the record alone in its period."""
-    miners = records * 1000.0 / (model.power_w / 1000.0 * 0.5)
-    network_th = network_terahash(np.array(day_difficulty, dtype=np.float64))
-    btc = miners * model.hashrate_th / network_th * 3.125 * BLOCKS_PER_PERIOD
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return btc * records / records
-
-
-def _round8_finite(x: np.ndarray) -> np.ndarray:
-    finite = np.isfinite(x)
-    out = np.full(x.shape, np.nan)
-    out[finite] = round8(x[finite])
-    return out
+def record_btc(records: np.ndarray, day_difficulty: kernel.Floats, power_w: kernel.Floats,
+               hashrate_th: kernel.Floats, reward: kernel.Floats = kernel.BLOCK_REWARD) -> np.ndarray:
+    """The per-record writer's bitcoin for each record |volume|: `kernel.v1` with no floor and
+    no rounding, the record alone in its period (NaN for a record of 0)."""
+    return kernel.v1(records, None, day_difficulty, power_w, hashrate_th, reward,
+                     floor=False, rounded=False).farm_btc
 
 
 # --- the demo's and the tests' damage --------------------------------------------------------
@@ -243,7 +225,9 @@ def _per_record_rows(rows: pl.DataFrame, models: Sequence[MinerModel]) -> pl.Dat
     by_name = {m.name: m for m in models}
     frames = []
     for row in rows.iter_rows(named=True):
-        values = record_btc(np.array(row["records"]), float(row["difficulty"]), by_name[row["miner_model"]])
+        model = by_name[row["miner_model"]]
+        values = record_btc(np.array(row["records"]), float(row["difficulty"]), model.power_w,
+                            model.hashrate_th)
         frames.append(pl.DataFrame([row] * len(values), schema=rows.schema)
                       .with_columns(bitcoin_mined=_exact(values)))
     return pl.concat(frames) if frames else rows
@@ -264,8 +248,9 @@ def _other_day(difficulty: pl.DataFrame) -> pl.DataFrame:
 
 
 def _one_miner(rows: pl.DataFrame) -> np.ndarray:
-    network_th = network_terahash(rows["difficulty"].cast(pl.Float64).to_numpy())
-    return rows["hashrate_th"].to_numpy() / network_th * 3.125 * BLOCKS_PER_PERIOD
+    network_th = kernel.network_terahash(rows["difficulty"].cast(pl.Float64).to_numpy())
+    return kernel.period_btc(1.0, rows["hashrate_th"].to_numpy(), network_th,
+                             block_rewards(rows["settlement_date"]), rounded=False)
 
 
 def _exact(values: np.ndarray) -> pl.Series:
