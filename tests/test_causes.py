@@ -107,6 +107,31 @@ def test_under_the_halving_formula_v1_rows_before_the_halving_are_halving_drift(
     assert found.drift["settlement_date"].max() < formula.HALVING_DAY
 
 
+def test_under_the_halving_formula_per_record_rows_are_found_at_its_reward():
+    """Farm A has two records (-6 and -4 MWh) and farm B one (-5) in period 1 of 2023-12-01,
+    difficulty 1e14. The table holds, for A's S9 row, the per-record writer's two rows at the
+    halving formula's 6.25 BTC a block (about 0.0031 and 0.0021 BTC, no floor, no rounding).
+    Under `--formula halving` both copies are per_record_rows: the writer is checked with the
+    version's reward, not v1's 3.125 (which would have called them unknown)."""
+    day = date(2023, 12, 1)
+    source = curtailment([(day, 1, "A", "-6"), (day, 1, "A", "-4"), (day, 1, "B", "-5")])
+    rates = difficulty({day: HARD})
+    expected = formula.expected_rows(source, rates, [S9], "halving")
+    per_record = legacy.record_btc(np.array([6.0, 4.0]), float(HARD), S9.power_w, S9.hashrate_th, 6.25)
+    exact = pl.Decimal(38, 18)  # as the unrounded writer stored them
+    copies = pl.concat([expected.filter(pl.col("farm_id") == "A")] * 2).with_columns(
+        bitcoin_mined=pl.Series([Decimal(repr(float(v))) for v in per_record]).cast(exact))
+    stored = pl.concat([expected.filter(pl.col("farm_id") == "B").with_columns(
+        pl.col("bitcoin_mined").cast(exact)), copies])
+    tolerance = formula.one_miner_btc(rates, [S9], "halving")
+
+    found = causes.explain(diff.compare(expected, table(stored), tolerance, source), source, [S9],
+                           "halving")
+
+    assert found.drift.height == 0
+    assert found.duplicates["cause"].to_list() == ["per_record_rows", "per_record_rows"]
+
+
 def test_the_halving_formula_doubles_the_reward_only_before_2024_04_20():
     """One farm, 10 MWh, difficulty 1e14, the day before and the day of the halving: 15117 S9
     miners; v1 gives 0.00267277 both days; halving gives 0.00534555 the day before (round8 of

@@ -1,17 +1,18 @@
 """Why a row drifted or is duplicated: the older writers recomputed and matched. Pure.
 
 Only the drift and duplicate rows are looked at (a handful per month), so this costs nothing
-on a month that is right. The older writers are recomputed with `engine.formula.kernel`
-through `engine.repairs.legacy`. Each row gets the first cause that reproduces it, in this order:
+on a month that is right. Each cause is the formula version in use (`version`, with its block
+reward) with one thing changed, recomputed with `engine.formula.kernel` through
+`engine.repairs.legacy`. Each row gets the first cause that reproduces it, in this order:
 
 1. `linear_sql`: its difficulty is the linear SQL's fixed D of its year and its bitcoin is
    `|Σ volume| × k × 5e13 / D` (this comes first: 2025's D is also the fallback value);
 2. `fallback_difficulty`: its difficulty is the fallback 108105433845147, not the day's;
-3. `stale_difficulty`: its difficulty is not the day's and its bitcoin is v1 at that
-   difficulty (within the row's tolerance at it);
+3. `stale_difficulty`: its difficulty is not the day's and its bitcoin is the version's at
+   that difficulty (within the row's tolerance at it);
 4. `halving_reward`: its bitcoin is what the other block reward gives (6.25 before
    2024-04-20 under v1, 3.125 under `--formula halving`);
-5. `per_farm_formula`: its bitcoin is v1 on the farm's own volume, unpooled;
+5. `per_farm_formula`: its bitcoin is the version's on the farm's own volume, unpooled;
 6. `per_record_rows`: its bitcoin is the per-record writer's for one of the key's records;
 7. `unknown`: none of these.
 
@@ -26,7 +27,7 @@ from dataclasses import replace
 import numpy as np
 import polars as pl
 
-from engine.formula import HALVING_DAY, KEY
+from engine.formula import HALVING_DAY, KEY, block_rewards
 from engine.month.diff import ROUNDING, Diff
 from engine.repairs import legacy
 from engine.store.config import MinerModel
@@ -88,30 +89,32 @@ def find_causes(rows: pl.DataFrame, curtailment: pl.DataFrame, models: Sequence[
         assign("linear_sql", in_year & fixed & near(values, EXACT + EXACT * np.abs(values)))
     assign("fallback_difficulty", other_day & (stored_d == float(legacy.FALLBACK_DIFFICULTY)).to_numpy())
     at_stored = ROUNDING + (tolerance - ROUNDING) * (day_d / stored_d).to_numpy()
-    assign("stale_difficulty", other_day & near(legacy.pooled_btc(ctx, "difficulty"), at_stored))
+    stale = legacy.pooled_btc(ctx, "difficulty", version=version)
+    assign("stale_difficulty", other_day & near(stale, at_stored))
     other = "v1" if version == "halving" else "halving"
     before_halving = (ctx["settlement_date"] < HALVING_DAY).to_numpy()
     other_values = legacy.pooled_btc(ctx, "expected_difficulty", version=other)
     assign("halving_reward", before_halving & near(other_values, 2 * tolerance))
-    per_farm = legacy.pooled_btc(ctx, "expected_difficulty", farm_is_period=True)
+    per_farm = legacy.pooled_btc(ctx, "expected_difficulty", version=version, farm_is_period=True)
     pooled = (ctx["farm_mwh"] < ctx["period_mwh"]).fill_null(False).to_numpy()
     assign("per_farm_formula", pooled & near(per_farm, ROUNDING))
-    per_record = _matches_a_record(ctx)
+    per_record = _matches_a_record(ctx, version)
     causes[(causes == "") & per_record] = "per_record_rows"
     causes[causes == ""] = "unknown"
     return causes.tolist()
 
 
-def _matches_a_record(ctx: pl.DataFrame) -> np.ndarray:
+def _matches_a_record(ctx: pl.DataFrame, version: str) -> np.ndarray:
     """Whether each row's bitcoin is the per-record writer's for one of its key's records."""
-    several = ctx.select("_row", "bitcoin_mined", "expected_difficulty", "power_w", "hashrate_th",
-                         "records").filter(pl.col("records").list.len() >= 2)
+    several = ctx.select("_row", "settlement_date", "bitcoin_mined", "expected_difficulty", "power_w",
+                         "hashrate_th", "records").filter(pl.col("records").list.len() >= 2)
     if several.is_empty():
         return np.zeros(ctx.height, dtype=bool)
     each = several.explode("records")
     values = legacy.record_btc(each["records"].to_numpy(),
                                each["expected_difficulty"].cast(pl.Float64).to_numpy(),
-                               each["power_w"].to_numpy(), each["hashrate_th"].to_numpy())
+                               each["power_w"].to_numpy(), each["hashrate_th"].to_numpy(),
+                               block_rewards(each["settlement_date"], version))
     with np.errstate(invalid="ignore"):
         hit = np.abs(each["bitcoin_mined"].cast(pl.Float64).to_numpy() - values) <= EXACT + EXACT * values
     matched = each.select("_row").with_columns(hit=pl.Series(hit)).group_by("_row").agg(pl.col("hit").any())
