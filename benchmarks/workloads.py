@@ -25,7 +25,7 @@ from engine.reference import REFERENCE_DIR  # noqa: E402
 from engine.store.config import Settings, load_miner_models  # noqa: E402
 
 FLOOR_TABLE = "bench_copy_floor"
-# The columns `engine.extract.curtailment_sql` reads, for the whole table at once.
+# The columns `engine.month.extract.curtailment_sql` reads, for the whole table at once.
 READ_FLOOR_SQL = ("SELECT id, settlement_date, settlement_period, farm_id, lead_party_name, volume "
                   "FROM curtailment_records")
 

@@ -13,8 +13,8 @@ Two pictures of the same months:
   `data/expected`, `data/extracts` and `data/diffs`.
 Before reconciliation the first shows the backlog; after it, the second still does.
 
-The views (`coverage`, `missing_by_period`, `top_farms`, …) are in `engine.explore_frames` and
-re-exported here; `explain_row` is in `engine.explore_row`.
+The views (`coverage`, `missing_by_period`, `top_farms`, …) are in `engine.explore.views` and
+re-exported here; `explain_row` is in `engine.explore.row`.
 """
 
 from __future__ import annotations
@@ -303,7 +303,7 @@ def explain_row(ws: Workspace, settlement_date: date, settlement_period: int, fa
                 miner_model: str) -> RowExplanation:
     """One calculation row recomputed step by step with formula v1 from the curtailment
     records the database holds now, with what the table stores for it (see
-    `engine.explore_row.explain`). Raises `InputError` when the key has no qualifying
+    `engine.explore.row.explain`). Raises `InputError` when the key has no qualifying
     curtailment or names an unknown model, `MissingDifficulty` when its date has none."""
     return explain(ws.url, ws.models, settlement_date, int(settlement_period), farm_id, miner_model,
                    lock_timeout_ms=ws.settings.lock_timeout_ms,

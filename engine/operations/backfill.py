@@ -1,9 +1,9 @@
 """Backfill: reconcile many months, several at a time, surviving failures.
 
-Plans the months (engine.plan), records the backfill in `reconciliation_backfills`, and runs
+Plans the months (engine.operations.selection), records the backfill in `reconciliation_backfills`, and runs
 `jobs` worker threads, each with its own session (its own connection), taking months from the
-plan in order through the throttle (engine.throttle); each month is reconciled with its lock,
-takeover and retries by engine.retries. A month another process holds is put back at the end
+plan in order through the throttle (engine.operations.throttle); each month is reconciled with its lock,
+takeover and retries by engine.operations.retries. A month another process holds is put back at the end
 of the queue once, then waited for briefly, then skipped (or waited for as long as it takes,
 with `wait_busy`). connectorx, ADBC and Polars release the GIL, so threads run in parallel.
 """
@@ -61,7 +61,7 @@ class BackfillRequest:
     throttle: ThrottleConfig = field(default_factory=ThrottleConfig)
     command: str = "run"
     version: str = "v1"
-    fix: frozenset[str] = frozenset()  # also repair these classes (engine.repair.FIXES)
+    fix: frozenset[str] = frozenset()  # also repair these classes (engine.repairs.actions.FIXES)
 
     def to_dict(self) -> dict[str, Any]:
         return {"from": str(self.first) if self.first else None,

@@ -3,7 +3,7 @@
 The worker holds the month's advisory lock (session-level and re-entrant, so the pipeline's
 own lock nests inside it), skips a month another process completed since the plan was made,
 takes over a stale `in_progress` row, remembers the source's fingerprint and calls
-`pipeline.reconcile_month`. Transient failures (lock or statement timeout, serialization
+`reconcile.reconcile_month`. Transient failures (lock or statement timeout, serialization
 failure, deadlock, lost connection, server restart) are retried on a new session after a
 bounded exponential backoff with jitter; data errors are not. Every failed try is stored on
 the month's progress row (attempts, retries, last error and its kind).

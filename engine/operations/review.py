@@ -154,7 +154,7 @@ class UndoResult:
 
 
 def undo_run(session: Session, run_id: int) -> UndoResult:
-    """Put back what run `run_id` changed (see `engine.undo`), in one transaction under the
+    """Put back what run `run_id` changed (see `engine.repairs.undo`), in one transaction under the
     month's lock, refresh the summaries it touched and record the undo as a run of its own.
 
     Raises `UndoRefused` (nothing changed) or `MonthBusy`."""

@@ -48,7 +48,7 @@ class Settings:
                           ("ENGINE_STATEMENT_TIMEOUT_MS", "statement_timeout_ms")):
             if name in env:
                 values[key] = _positive_int(name, env[name])
-        # ENGINE_ALERT_WEBHOOK: where alerts are posted (engine.alerts).
+        # ENGINE_ALERT_WEBHOOK: where alerts are posted (engine.operations.alerts).
         if webhook := env.get("ENGINE_ALERT_WEBHOOK"):
             if not webhook.startswith(("http://", "https://")):
                 raise InputError("ENGINE_ALERT_WEBHOOK must be an http:// or https:// URL")
