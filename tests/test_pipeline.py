@@ -190,7 +190,10 @@ def test_a_row_that_appears_during_verification_fails_it(settings, database_url)
 
     assert result.status == "unverified" and result.exit_code == 1
     assert result.verdict is not None
-    assert [c.name for c in result.verdict.failed] == ["unexpected_keys", "settlement_periods"]
+    assert [c.name for c in result.verdict.failed] == ["unexpected_keys", "settlement_periods",
+                                                       "rows_exact"]
+    assert "2023-12-03 p7 Z S9 got 1 BTC at difficulty 1 (not written by this run)" in (
+        result.verdict.failed[-1].detail)
     status, *_, error = progress_row(database_url)
     assert status == "failed" and error.startswith("verification failed: unexpected_keys")
 

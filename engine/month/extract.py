@@ -26,10 +26,10 @@ def curtailment_sql(month: Month) -> str:
 
 
 def calculations_sql(month: Month, *, narrow: bool = False) -> str:
-    """All columns for the snapshot; with `narrow`, what verification reads: key and bitcoin."""
-    columns = "settlement_date, settlement_period, farm_id, miner_model, bitcoin_mined"
+    """All columns for the snapshot; with `narrow`, what verification reads: key and values."""
+    columns = "settlement_date, settlement_period, farm_id, miner_model, bitcoin_mined, difficulty"
     if not narrow:
-        columns = f"id, {columns}, difficulty, calculated_at"
+        columns = f"id, {columns}, calculated_at"
     return f"SELECT {columns} FROM {CALCULATIONS} WHERE {_in_month(month)}"
 
 
@@ -89,7 +89,7 @@ def extract_month(url: str, month: Month, layout: Layout) -> Snapshot:
 
 
 def extract_after(url: str, month: Month, layout: Layout) -> Path:
-    """Re-read the month's calculations (key and bitcoin) after a load."""
+    """Re-read the month's calculations (key, bitcoin and difficulty) after a load."""
     return write_parquet(read(url, calculations_sql(month, narrow=True)), layout.after(month))
 
 

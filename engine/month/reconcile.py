@@ -28,6 +28,7 @@ from engine.repairs import actions, causes, plans
 from engine.store import db
 from engine.store.config import MinerModel
 from engine.store.paths import write_parquet
+from engine.store.schema import CALCULATIONS
 
 log = logging.getLogger(__name__)
 
@@ -214,7 +215,7 @@ def _reconcile(session: Session, month: Month, job: _Job, on_step: StepCallback 
         run_id = None if job.dry_run else _start_run(session, month, job)
         try:
             examined = examine(session, month, job.version, snapshot=snapshot, steps=steps)
-            before, tolerance = examined.diff, examined.tolerance
+            before = examined.diff
             files |= examined.files
             with steps("diff"):
                 changes = actions.plan_actions(before, job.fix)
@@ -246,7 +247,8 @@ def _reconcile(session: Session, month: Month, job: _Job, on_step: StepCallback 
                 verdict = verify.verify_month(
                     expected=layout.expected(month), after=after,
                     curtailment=snapshot.files["curtailment_records"], before=left,
-                    tolerance=tolerance,
+                    snapshot=snapshot.files[CALCULATIONS], changed=written.repaired.applied,
+                    inserted=before.missing,
                 )
                 verdict = verdict.plus(*check.result())
             rows = row_counts(before, written, verdict)

@@ -14,7 +14,7 @@ and one DELETE join the staging table by id.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import polars as pl
@@ -125,11 +125,13 @@ def remaining(diff: Diff, fix: frozenset[str]) -> Diff:
 
 @dataclass(frozen=True)
 class RepairResult:
-    """Rows changed, per action and class; `before` holds their exact before-images."""
+    """Rows changed, per action and class; `before` holds their exact before-images and
+    `applied` the actions carried out (`ACTIONS_SCHEMA`)."""
 
     updated: dict[str, int]
     deleted: dict[str, int]
     before: pl.DataFrame
+    applied: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=ACTIONS_SCHEMA))
 
     @property
     def changed(self) -> int:
@@ -167,7 +169,7 @@ def apply_actions(cursor: db.Cursor, actions: pl.DataFrame) -> RepairResult:
     if updated != planned.get("update", 0) or deleted != planned.get("delete", 0):
         raise RepairConflict(f"updated {updated} and deleted {deleted} row(s), planned "
                              f"{planned.get('update', 0)} and {planned.get('delete', 0)}")
-    return RepairResult(_by_kind(actions, "update"), _by_kind(actions, "delete"), before)
+    return RepairResult(_by_kind(actions, "update"), _by_kind(actions, "delete"), before, actions)
 
 
 def _actions(rows: pl.DataFrame, action: str, kind: str) -> pl.DataFrame:
