@@ -27,7 +27,7 @@ from engine.month import diff, extract, load, progress, summaries, verify
 from engine.month.session import Session, month_lock
 from engine.months import Month
 from engine.repairs import actions, causes, plans, undo
-from engine.store import db
+from engine.store import db, schema
 from engine.store.config import MinerModel
 from engine.store.paths import write_parquet
 
@@ -158,7 +158,8 @@ def examine(session: Session, month: Month, version: str, *,
     with db.translated_errors(session.url):
         if snapshot is None:
             with steps("extract"):
-                snapshot = extract.extract_month(session.read_url, month, layout)
+                snapshot = extract.extract_month(session.read_url, month, layout,
+                                                 engine_schema=session.engine_schema)
         with steps("recompute"):
             expected = formula.expected_rows(snapshot.curtailment, snapshot.difficulty,
                                              session.models, version)
@@ -177,10 +178,11 @@ def _reconcile(session: Session, month: Month, job: _Job, on_step: StepCallback 
     with db.translated_errors(session.url):
         if job.plan is not None:  # refuse a stale plan before anything is recorded
             with session.transaction() as cursor:
-                plans.check_fingerprint(cursor, job.plan)
+                plans.check_fingerprint(cursor, job.plan, engine_schema=session.engine_schema)
         with steps("extract"):
             try:
-                snapshot = extract.extract_month(session.read_url, month, layout)
+                snapshot = extract.extract_month(session.read_url, month, layout,
+                                                 engine_schema=session.engine_schema)
             except SourceDataError as error:  # a data error is the month's state: record it
                 if not job.dry_run:
                     _record_failure(session, month, _start_run(session, month, job), error,
@@ -231,11 +233,12 @@ def _reconcile(session: Session, month: Month, job: _Job, on_step: StepCallback 
             status = "verified" if verdict.verified else "unverified"
             counts = left.counts() | {"inserted": written.loaded.inserted, "present": verdict.present}
             with steps("record"), session.transaction() as cursor:
-                progress.record_counts(cursor, month, counts)
+                progress.record_counts(cursor, month, counts, engine_schema=session.engine_schema)
                 progress.finish(cursor, month, run_id, run_status=status,
                                 month_status="completed" if verdict.verified else "failed",
                                 rows=rows, timings=steps.timings, verdict=verdict.to_dict(),
-                                error=None if verdict.verified else _verification_error(verdict))
+                                error=None if verdict.verified else _verification_error(verdict),
+                                engine_schema=session.engine_schema)
             if written.undo is not None:
                 files["undo"] = str(written.undo)
             return MonthResult(month, status, run_id, rows, steps.timings, verdict, files,
@@ -252,12 +255,14 @@ def _start_run(session: Session, month: Month, job: _Job) -> int:
     """Close the runs a killed process left open (we hold the month's lock), start ours."""
     with session.transaction() as cursor:
         for run, pid in progress.close_abandoned_runs(
-                cursor, month, "abandoned: its process stopped before the run finished"):
+                cursor, month, "abandoned: its process stopped before the run finished",
+                engine_schema=session.engine_schema):
             log.warning("%s: run %s (pid %s) was left open by a stopped process; closed it",
                         month, run, pid)
         return progress.start_run(cursor, month, job.command, job.version, {
             "models": [m.name for m in session.models], "fix": sorted(job.fix),
-            **({"plan": job.plan.fingerprint} if job.plan else {})})
+            **({"plan": job.plan.fingerprint} if job.plan else {})},
+            engine_schema=session.engine_schema)
 
 
 def find_differences(snapshot: extract.Snapshot, expected: pl.DataFrame, tolerance: pl.DataFrame,
@@ -300,7 +305,7 @@ def _write(session: Session, month: Month, run_id: int, before: diff.Diff, chang
     try:
         with session.transaction() as cursor:
             if job.plan is not None:
-                plans.check_fingerprint(cursor, job.plan)
+                plans.check_fingerprint(cursor, job.plan, engine_schema=session.engine_schema)
             loaded = load.load_missing(cursor, before.missing, unique_key=session.unique_key,
                                        skip_conflicts=skip_conflicts)
             repaired = actions.apply_actions(cursor, changes)
@@ -319,10 +324,11 @@ def _write(session: Session, month: Month, run_id: int, before: diff.Diff, chang
                     inserted=Path(files["diff_missing"]) if loaded.inserted else None)
             written = _Written(loaded, repaired, refreshed, days, record_folder)
             left = actions.remaining(before, job.fix)
-            progress.record_counts(cursor, month, left.counts() | {"inserted": loaded.inserted})
+            progress.record_counts(cursor, month, left.counts() | {"inserted": loaded.inserted},
+                                   engine_schema=session.engine_schema)
             progress.finish(cursor, month, run_id, run_status="loaded", month_status="in_progress",
-                            rows=_rows(before, written))
-            cursor.execute(actions.RECORD, (
+                            rows=_rows(before, written), engine_schema=session.engine_schema)
+            cursor.execute(schema.sql(actions.RECORD, session.engine_schema), (
                 run_id, json.dumps(causes.count(before)), json.dumps(repaired.to_dict()),
                 json.dumps(refreshed.to_dict() if refreshed else None)))
         return written
@@ -385,6 +391,6 @@ def _record_failure(session: Session, month: Month, run_id: int, error: BaseExce
     try:
         with session.transaction() as cursor:
             progress.finish(cursor, month, run_id, run_status="failed", month_status="failed",
-                            timings=timings, error=message)
+                            timings=timings, error=message, engine_schema=session.engine_schema)
     except Exception:  # the original error matters more than this one
         log.warning("could not record the failure of %s", month, exc_info=True)

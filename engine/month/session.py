@@ -17,6 +17,8 @@ from engine.store.paths import Layout
 
 log = logging.getLogger(__name__)
 
+_told_slower: set[str] = set()
+
 
 @dataclass
 class Session:
@@ -31,6 +33,11 @@ class Session:
     @property
     def layout(self) -> Layout:
         return Layout(self.settings.data_dir)
+
+    @property
+    def engine_schema(self) -> str:
+        """The schema of the engine's own tables."""
+        return self.settings.schema
 
     @property
     def read_url(self) -> str:
@@ -56,8 +63,13 @@ def open_session(settings: Settings, url: str | None = None) -> Iterator[Session
     with db.connect(url) as conn, db.translated_errors(url):
         with db.transaction(conn, lock_timeout_ms=settings.lock_timeout_ms,
                             statement_timeout_ms=settings.statement_timeout_ms) as cursor:
-            schema.check_schema(cursor)
+            schema.check_schema(cursor, settings.schema)
             unique_key = schema.has_unique_key(cursor)
+        if not unique_key and url not in _told_slower:
+            _told_slower.add(url)
+            log.warning("note: %s has no unique index on its key, so each merge locks it against "
+                        "other writers and checks NOT EXISTS, which is slower (`engine db init` "
+                        "says how to add it)", schema.CALCULATIONS)
         yield Session(settings, url, conn, models, unique_key)
 
 

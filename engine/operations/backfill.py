@@ -145,13 +145,14 @@ def run_backfill(settings: Settings, request: BackfillRequest, *, url: str | Non
         with control.transaction() as cursor:
             chosen = choose(cursor) if choose else build_plan(
                 cursor, first=request.first, last=request.last, order=request.order,
-                selection=request.selection)
+                selection=request.selection, engine_schema=settings.schema)
         if not chosen.months:  # nothing to do: no record, so a frequent cron job leaves no trail
             emit(Event("plan", plan=chosen))
             return BackfillResult(None, request.command, chosen, (), 0.0, {})
         with control.transaction() as cursor:
             backfill_id = backfills.start_backfill(cursor, request.command, request.to_dict(),
-                                                  [m.to_dict() for m in chosen.months], request.jobs)
+                                                  [m.to_dict() for m in chosen.months], request.jobs,
+                                                  engine_schema=settings.schema)
             locks.try_lock(cursor, (locks.BACKFILL_LOCK_CLASS, backfill_id % 2**31))
         emit(Event("plan", detail=str(backfill_id), plan=chosen))
         runner = _Runner(settings, url, request, backfill_id, chosen, emit,
@@ -160,7 +161,8 @@ def run_backfill(settings: Settings, request: BackfillRequest, *, url: str | Non
         def heartbeat(status: str, error: str | None = None) -> None:
             def update(cursor: db.Cursor) -> None:
                 backfills.update_backfill(cursor, backfill_id, status=status, counts=runner.counts(),
-                                         throttle=runner.throttle.record(), error=error)
+                                         throttle=runner.throttle.record(), error=error,
+                                         engine_schema=settings.schema)
             try:
                 with db.translated_errors(url), control.transaction() as cursor:
                     update(cursor)

@@ -83,10 +83,18 @@ def demo_summary(result: DemoResult) -> str:
 
 
 def init_summary(result: InitResult) -> str:
-    lines = [
+    lines = [f"engine schema: {result.engine_schema}"]
+    lines.extend(f"moved: {line}" for line in result.moved)
+    lines.extend([
         "created tables: " + (", ".join(result.created_tables) or "none (all present)"),
-        "created indexes: " + (", ".join(result.created_indexes) or "none (all present)"),
-    ]
+        "created indexes: " + (", ".join(result.created_indexes) or "none"),
+    ])
+    lines.extend(f"not the engine's: {found.describe()}" for found in result.foreign)
+    lines.extend(f"note: {note}" for note in result.notes)
+    lines.extend(f"proposed: {statement}" for statement in result.proposed)
+    if result.proposed:
+        lines.append("  (`engine db init --create-indexes` runs the proposed statements; "
+                     "the engine works without them)")
     if result.unique_key == "blocked":
         lines.append(
             f"the unique key index could not be built: {result.duplicate_keys:,} key(s) are "
