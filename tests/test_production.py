@@ -352,7 +352,7 @@ def test_an_earlier_layout_in_public_is_moved_into_the_schema_with_every_row(
         cursor.execute(f"CREATE DATABASE {name}")
     url = with_database(server_url, name)
     try:
-        sections = schema._sections("engine")
+        sections = schema.sections("engine")
         with adbc.connect(url, autocommit=True) as conn, conn.cursor() as cursor:
             for table in (*schema.PRODUCTION_TABLES, *schema.ENGINE_TABLES):
                 cursor.executescript(sections[table].replace('"engine".', ""))
