@@ -308,6 +308,23 @@ def test_create_indexes_as_the_owner_builds_what_db_init_proposed(production: st
     assert set(built["created_indexes"]) == {schema.KEY_INDEX, schema.SOURCE_DATE_INDEX}
 
 
+def test_a_missing_grant_names_the_table_the_role_and_the_grant(production: str,
+                                                                 tmp_path: Path) -> None:
+    difficulty_file = seed(production, tmp_path)
+    role_url = least_privilege(production)
+    role = role_url.split("//", 1)[1].split("@", 1)[0]
+    cli(role_url, tmp_path, "db", "init")
+    cli(role_url, tmp_path, "difficulty", "load", str(difficulty_file))
+    execute(production, f"REVOKE INSERT ON historical_bitcoin_calculations FROM {role}")
+
+    result = cli(role_url, tmp_path, "month", "2023-12", code=2)
+
+    assert result.stderr.count("\n") == 1
+    assert (f"permission denied on table historical_bitcoin_calculations for role {role}: "
+            f"`GRANT SELECT, INSERT, UPDATE, DELETE ON historical_bitcoin_calculations TO {role}`"
+            ) in result.stderr
+
+
 def test_production_tables_are_not_created_on_a_database_the_engine_does_not_own(
         production: str, tmp_path: Path) -> None:
     result = cli(production, tmp_path, "db", "init", code=2)
@@ -393,3 +410,62 @@ def test_an_earlier_layout_in_public_is_moved_into_the_schema_with_every_row(
     finally:
         with adbc.connect(server_url, autocommit=True) as conn, conn.cursor() as cursor:
             cursor.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def test_the_load_aware_throttle_degrades_with_a_note_for_a_role_without_pg_read_all_stats(
+        production: str, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    difficulty_file = seed(production, tmp_path)
+    role_url = least_privilege(production)
+    cli(role_url, tmp_path, "db", "init")
+    cli(role_url, tmp_path, "difficulty", "load", str(difficulty_file))
+
+    cli(role_url, tmp_path, "run", "--load-aware")
+
+    notes = [r.getMessage() for r in caplog.records if "sees only" in r.getMessage()]
+    assert len(notes) == 1 and "load-aware throttle sees only this role's own sessions" in notes[0]
+    slower = [r for r in caplog.records if "which is slower" in r.getMessage()]
+    assert len(slower) == 1
+
+
+def test_a_password_in_the_password_file_serves_both_readers(database_url: str,
+                                                             tmp_path: Path) -> None:
+    """No password in the URL: libpq (ADBC) reads PGPASSFILE itself, and the engine hands
+    connectorx the same password, so `engine month` extracts, loads and verifies."""
+    from tests.conftest import PASSWORD_ROLE
+    from tests.test_pipeline import seed_december
+
+    seed_december(database_url)
+    for grant in ("ALL ON ALL TABLES IN SCHEMA public", "ALL ON ALL SEQUENCES IN SCHEMA public",
+                  "USAGE ON SCHEMA engine", "ALL ON ALL TABLES IN SCHEMA engine",
+                  "ALL ON ALL SEQUENCES IN SCHEMA engine"):
+        execute(database_url, f"GRANT {grant} TO {PASSWORD_ROLE}")
+    passfile = tmp_path / "pgpass"
+    passfile.write_text(f"# the test server\n127.0.0.1:*:*:{PASSWORD_ROLE}:right-password\n")
+    passfile.chmod(0o600)
+    url = database_url.replace("postgres@", f"{PASSWORD_ROLE}@")
+
+    result = runner.invoke(app, ["month", "2023-12"], env={
+        "ENGINE_DATABASE_URL": url, "ENGINE_DATA_DIR": str(tmp_path / "data"),
+        "PGPASSFILE": str(passfile)})
+
+    assert result.exit_code == 0, result.output
+    assert "verified" in result.stdout and "right-password" not in result.output
+
+
+def test_the_password_file_is_read_as_libpq_reads_it(tmp_path: Path) -> None:
+    from engine.store import libpq
+
+    passfile = tmp_path / "pgpass"
+    passfile.write_text("db.example:5432:other:app:nope\n"
+                        "db.example:*:prod:app:se\\:cr\\\\et\n")
+    passfile.chmod(0o600)
+    env = {"PGPASSFILE": str(passfile), "PGSSLMODE": "verify-full"}
+
+    url = libpq.for_connectorx("postgresql://app@db.example/prod?application_name=x", env)
+
+    assert url == ("postgresql://app:se%3Acr%5Cet@db.example/prod?application_name=x"
+                   "&sslmode=verify-full")
+    assert libpq.for_connectorx("postgresql://app:given@db.example/prod?sslmode=disable", env) == \
+        "postgresql://app:given@db.example/prod?sslmode=disable"
+    passfile.chmod(0o644)  # libpq ignores a file others may read
+    assert libpq.password_from_file("db.example", "5432", "prod", "app", env) is None

@@ -51,7 +51,7 @@ from engine.explore.views import (
 from engine.month import extract
 from engine.month.reconcile import find_differences
 from engine.months import Month, parse_range
-from engine.store import db, schema
+from engine.store import db, libpq, schema
 from engine.store.config import MinerModel, Settings, load_miner_models
 from engine.store.paths import Layout
 from engine.store.schema import CALCULATIONS
@@ -315,7 +315,8 @@ def explain_row(ws: Workspace, settlement_date: date, settlement_period: int, fa
 
 def _read_months(ws: Workspace, months: list[Month]) -> Iterator[extract.Snapshot]:
     def read(month: Month) -> extract.Snapshot:
-        curtailment, calculations, difficulty = (extract.read(ws.url, sql) for sql in (
+        read_url = libpq.for_connectorx(ws.url)  # connectorx reads no .pgpass itself
+        curtailment, calculations, difficulty = (extract.read(read_url, sql) for sql in (
             extract.curtailment_sql(month), extract.calculations_sql(month),
             extract.difficulty_sql(month, ws.settings.schema)))
         return extract.Snapshot(month, curtailment, calculations, difficulty, files={})

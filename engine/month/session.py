@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from engine.errors import EngineError, MonthBusy
 from engine.month import locks
 from engine.months import Month
-from engine.store import db, schema
+from engine.store import db, libpq, schema
 from engine.store.config import MinerModel, Settings, load_miner_models
 from engine.store.paths import Layout
 
@@ -41,9 +41,11 @@ class Session:
 
     @property
     def read_url(self) -> str:
-        """The URL connectorx reads with: the engine's lock and statement timeouts apply."""
-        return db.with_timeouts(self.url, lock_timeout_ms=self.settings.lock_timeout_ms,
-                                statement_timeout_ms=self.settings.statement_timeout_ms)
+        """The URL connectorx reads with: the engine's lock and statement timeouts apply, and
+        the password and sslmode libpq would take from its own settings (a secret: mask it)."""
+        return libpq.for_connectorx(db.with_timeouts(
+            self.url, lock_timeout_ms=self.settings.lock_timeout_ms,
+            statement_timeout_ms=self.settings.statement_timeout_ms))
 
     @contextmanager
     def transaction(self) -> Iterator[db.Cursor]:
@@ -65,8 +67,8 @@ def open_session(settings: Settings, url: str | None = None) -> Iterator[Session
                             statement_timeout_ms=settings.statement_timeout_ms) as cursor:
             schema.check_schema(cursor, settings.schema)
             unique_key = schema.has_unique_key(cursor)
-        if not unique_key and url not in _told_slower:
-            _told_slower.add(url)
+        if not unique_key and (where := db.mask_url(url)) not in _told_slower:
+            _told_slower.add(where)
             log.warning("note: %s has no unique index on its key, so each merge locks it against "
                         "other writers and checks NOT EXISTS, which is slower (`engine db init` "
                         "says how to add it)", schema.CALCULATIONS)

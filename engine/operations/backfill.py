@@ -36,7 +36,14 @@ from engine.operations.retries import (
     WorkerSession,
 )
 from engine.operations.selection import DEFAULT_SELECTION, Plan, PlannedMonth, build_plan
-from engine.operations.throttle import LoadSample, Throttle, ThrottleConfig, sample_load
+from engine.operations.throttle import (
+    LIMITED_VIEW,
+    LoadSample,
+    Throttle,
+    ThrottleConfig,
+    sample_load,
+    sees_all_sessions,
+)
 from engine.reporting.status import missing_rows
 from engine.store import db
 from engine.store.config import Settings
@@ -149,6 +156,10 @@ def run_backfill(settings: Settings, request: BackfillRequest, *, url: str | Non
         if not chosen.months:  # nothing to do: no record, so a frequent cron job leaves no trail
             emit(Event("plan", plan=chosen))
             return BackfillResult(None, request.command, chosen, (), 0.0, {})
+        if request.throttle.load_aware:
+            with control.transaction() as cursor:
+                if not sees_all_sessions(cursor):
+                    log.warning(LIMITED_VIEW)
         with control.transaction() as cursor:
             backfill_id = backfills.start_backfill(cursor, request.command, request.to_dict(),
                                                   [m.to_dict() for m in chosen.months], request.jobs,
