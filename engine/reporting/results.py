@@ -109,10 +109,13 @@ def init_summary(result: InitResult) -> str:
 
 
 def server_summary(status: ServerStatus) -> str:
+    where = f"embedded PostgreSQL in {status.pgdata}"
+    if status.location:
+        where += (f" (the cluster of {status.location}, which the server's user cannot reach; "
+                  "its binaries are copied under /var/tmp)")
     if not status.running:
-        return f"embedded PostgreSQL in {status.pgdata}: not running"
-    return (f"embedded PostgreSQL in {status.pgdata}: running (pid {status.pid}) "
-            f"on 127.0.0.1:{status.port}\nurl: {status.url}")
+        return f"{where}: not running"
+    return f"{where}: running (pid {status.pid}) on 127.0.0.1:{status.port}\nurl: {status.url}"
 
 
 def difficulty_summary(result: DifficultyLoad) -> str:
