@@ -329,9 +329,16 @@ def test_production_tables_are_not_created_on_a_database_the_engine_does_not_own
         production: str, tmp_path: Path) -> None:
     result = cli(production, tmp_path, "db", "init", code=2)
 
-    assert "table curtailment_records is missing" in result.stderr
-    tables = execute(production, "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'")
-    assert tables == [(0,)]
+    assert "curtailment_records, historical_bitcoin_calculations" in result.stderr
+    assert "--create-tables" in result.stderr and result.stderr.count("\n") == 1
+    assert execute(production, "SELECT count(*) FROM pg_tables WHERE schemaname "
+                               "NOT IN ('pg_catalog', 'information_schema')") == [(0,)]
+    assert execute(production, "SELECT count(*) FROM pg_namespace WHERE nspname = 'engine'") == [(0,)]
+
+    created = json.loads(cli(production, tmp_path, "db", "init", "--create-tables", "--json").stdout)
+
+    assert set(schema.PRODUCTION_TABLES) <= set(created["created_tables"])
+    assert created["unique_key"] == "created"  # on tables it created, the engine builds them
 
 
 def test_another_schema_name_keeps_every_engine_table_there(production: str,

@@ -19,6 +19,9 @@ def db_init(
         "--create-indexes", help="Also create the indexes it proposes on the production tables "
         "(the unique key of historical_bitcoin_calculations, curtailment_records."
         "settlement_date), concurrently. Needs the tables' owner.")] = False,
+    create_tables: Annotated[bool, typer.Option(
+        "--create-tables", help="Also create the production tables that are missing (as "
+        "production has them), on a database that is not the embedded one.")] = False,
     as_json: JsonOption = False,
 ) -> None:
     """Create the engine's schema and its missing tables, move an earlier version's tables into
@@ -29,7 +32,8 @@ def db_init(
 
     settings = Settings.from_env()
     result = init_schema(resolve_database(settings), engine_schema=settings.schema,
-                         own_database=settings.database_url is None, create_indexes=create_indexes)
+                         own_database=settings.database_url is None, create_indexes=create_indexes,
+                         create_tables=create_tables)
     emit(result.to_dict() if as_json else results.init_summary(result), as_json)
 
 

@@ -99,14 +99,14 @@ class InitResult:
 
 
 def init_schema(url: str, *, engine_schema: str = DEFAULT_SCHEMA, own_database: bool = False,
-                create_indexes: bool = False) -> InitResult:
+                create_indexes: bool = False, create_tables: bool = False) -> InitResult:
     """Create the engine's schema and its missing tables; never drop or rewrite data.
 
     - Tables an earlier version created in `public`, proven the engine's by their columns, are
       moved into the schema with their rows (`moved`); other tables under the engine's names
       are reported (`foreign`) and left alone.
     - The production tables are created only where missing and `own_database` (the embedded
-      server, the demo); otherwise a missing one raises `SchemaError`.
+      server, the demo) or `create_tables`; otherwise a missing one raises `SchemaError`.
     - Indexes on the production tables (the unique key, the source's date) are created when
       `create_indexes`, `own_database`, or the engine created the table; otherwise they are
       `proposed`. Where duplicate keys prevent the unique index, they are counted and a plain
@@ -123,6 +123,13 @@ def init_schema(url: str, *, engine_schema: str = DEFAULT_SCHEMA, own_database: 
         survey = ownership.survey(cursor)
         home = db.fetch_all(cursor, _CURRENT_SCHEMA)[0][0] or "public"
         mine = {(s, n) for s, n, comment, *_ in survey if comment == mark(n)}
+        absent = [n for n in PRODUCTION_TABLES if not db.fetch_all(cursor, _RESOLVES, (n,))[0][0]]
+        if absent and not (own_database or create_tables):
+            raise SchemaError(
+                f"table(s) {', '.join(absent)} missing: the engine creates production tables only "
+                "on its embedded server; check that ENGINE_DATABASE_URL names the production "
+                "database (its search_path included), or create them with "
+                "`engine db init --create-tables`")
         if not db.fetch_all(cursor, _SCHEMA_EXISTS, (engine_schema,))[0][0]:
             cursor.execute(f"CREATE SCHEMA {quoted(engine_schema)}")
             log.info("created schema %s", engine_schema)
@@ -140,13 +147,11 @@ def init_schema(url: str, *, engine_schema: str = DEFAULT_SCHEMA, own_database: 
             created.append(f"{engine_schema}.{name}")
         owned_production = set()
         for name in PRODUCTION_TABLES:
-            if db.fetch_all(cursor, _RESOLVES, (name,))[0][0]:
-                if (home, name) in mine:
-                    owned_production.add(name)
-                continue
-            if own_database:
+            if name in absent:
                 _create(cursor, statements[name], name, name)
                 created.append(name)
+                owned_production.add(name)
+            elif (home, name) in mine:
                 owned_production.add(name)
         if created or moved or _lacks_columns(cursor, engine_schema):
             cursor.executescript(statements["upgrade"])
