@@ -23,8 +23,8 @@ _KEY = ", ".join(KEY_COLUMNS)
 # Every column but `id`, which the restored rows get anew from the sequence.
 _COLUMNS = f"{_KEY}, bitcoin_mined, difficulty, calculated_at"
 # What a run writes besides the calculations: progress, runs and the summaries it refreshes.
-_ENGINE_TABLES = (f"{CALCULATIONS}, reconciliation_progress, reconciliation_runs, "
-                  "reconciliation_backfills, bitcoin_daily_summaries, bitcoin_monthly_summaries, "
+_ENGINE_TABLES = (f"{CALCULATIONS}, engine.reconciliation_progress, engine.reconciliation_runs, "
+                  "engine.reconciliation_backfills, bitcoin_daily_summaries, bitcoin_monthly_summaries, "
                   "bitcoin_yearly_summaries")
 _CALCULATED = f"SELECT {_KEY}, bitcoin_mined FROM {CALCULATIONS}"
 _LARGEST_MONTH = """

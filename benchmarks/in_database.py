@@ -52,7 +52,7 @@ WITH farms AS (
                   / (d.difficulty::float8 * 2::float8 ^ 32::float8 / 600::float8 / 1e12::float8)
                   * 3.125::float8 * 3::float8)::numeric, 8) AS period_btc
     FROM pooled p
-    JOIN bitcoin_difficulty d USING (settlement_date)
+    JOIN engine.bitcoin_difficulty d USING (settlement_date)
     CROSS JOIN {MODELS} m
 )
 SELECT settlement_date, settlement_period, farm_id, miner_model,

@@ -81,7 +81,7 @@ def replay_month(url: str, month: Month, models: Sequence[MinerModel]) -> dict[s
     names = [f"p{i}" for i in range(BATCH_ROWS * _COLUMNS)]
     start = time.perf_counter()
     with db.connect(url, autocommit=True) as conn, conn.cursor() as cursor:
-        cursor.execute("SELECT settlement_date, difficulty::text FROM bitcoin_difficulty "
+        cursor.execute("SELECT settlement_date, difficulty::text FROM engine.bitcoin_difficulty "
                        "WHERE settlement_date >= $1 AND settlement_date < $2",
                        (month.first_day, month.next_first_day))
         difficulty = {day: Decimal(value) for day, value in cursor.fetchall()}

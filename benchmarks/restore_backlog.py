@@ -25,7 +25,7 @@ def main() -> int:
     url = db.resolve_url(settings.database_url, settings.data_dir)
     data = fill_database(url, parse_range(args.months), embedded=settings.database_url is None)
     with db.connect(url) as conn, conn.cursor() as cursor:
-        cursor.execute("TRUNCATE reconciliation_backfills")  # forget earlier backfills
+        cursor.execute("TRUNCATE engine.reconciliation_backfills")  # forget earlier backfills
         if args.empty:
             cursor.execute("TRUNCATE historical_bitcoin_calculations")
         conn.commit()

@@ -40,12 +40,17 @@ def server_url() -> str:
 
 @pytest.fixture
 def database_url(server_url: str) -> Iterator[str]:
-    """A new, empty database with the engine's schema; dropped after the test."""
+    """A new database with the production tables (as the embedded server has them: created by
+    the engine, with their indexes) and the engine's schema; dropped after the test. Its
+    search_path ends with the engine's schema, so a test's own SQL may name the engine's
+    tables unqualified (the engine itself always qualifies them)."""
     name = f"engine_test_{uuid.uuid4().hex[:12]}"
     with adbc.connect(server_url, autocommit=True) as conn, conn.cursor() as cursor:
         cursor.execute(f"CREATE DATABASE {name}")
+        cursor.execute(f'ALTER DATABASE {name} SET search_path = "$user", public, '
+                       f"{schema.DEFAULT_SCHEMA}")
     url = with_database(server_url, name)
-    schema.init_schema(url)
+    schema.init_schema(url, own_database=True)
     yield url
     with adbc.connect(server_url, autocommit=True) as conn, conn.cursor() as cursor:
         cursor.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
@@ -84,7 +89,7 @@ def insert_difficulty(url: str, values: dict[str, str]) -> None:
          "difficulty": [Decimal(v) for v in values.values()]},
         schema={"settlement_date": pl.Date, "difficulty": pl.Decimal(38, 10)},
     )
-    _ingest(url, "bitcoin_difficulty", frame)
+    _ingest(url, "bitcoin_difficulty", frame, schema.DEFAULT_SCHEMA)
 
 
 def execute(url: str, sql: str, params: tuple = ()) -> list[tuple]:
@@ -104,9 +109,9 @@ def calculations(url: str) -> list[tuple]:
         FROM historical_bitcoin_calculations ORDER BY 1, 2, 3, 4, id""")
 
 
-def _ingest(url: str, table: str, frame: pl.DataFrame) -> None:
+def _ingest(url: str, table: str, frame: pl.DataFrame, db_schema: str | None = None) -> None:
     with db.connect(url) as conn, conn.cursor() as cursor:
-        cursor.adbc_ingest(table, frame.to_arrow(), mode="append")
+        cursor.adbc_ingest(table, frame.to_arrow(), mode="append", db_schema_name=db_schema)
         conn.commit()
 
 

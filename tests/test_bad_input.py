@@ -300,7 +300,9 @@ def password_url(database_url: str) -> str:
     """The test database as the role that must log in with a password (scram over TCP)."""
     if os.environ.get("ENGINE_TEST_DATABASE_URL"):
         pytest.skip("needs the embedded test server, where one role requires a password")
-    for grant in ("ALL ON ALL TABLES IN SCHEMA public", "ALL ON ALL SEQUENCES IN SCHEMA public"):
+    for grant in ("ALL ON ALL TABLES IN SCHEMA public", "ALL ON ALL SEQUENCES IN SCHEMA public",
+                  "USAGE ON SCHEMA engine", "ALL ON ALL TABLES IN SCHEMA engine",
+                  "ALL ON ALL SEQUENCES IN SCHEMA engine"):
         execute(database_url, f"GRANT {grant} TO {PASSWORD_ROLE}")
     return re.sub(r"postgresql://[^@]*@", f"postgresql://{PASSWORD_ROLE}:{PASSWORD}@", database_url)
 

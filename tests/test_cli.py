@@ -131,7 +131,8 @@ def test_db_init_reports_what_it_created(database_url, tmp_path):
     assert result.exit_code == 0
     assert json.loads(result.stdout) == {"created_tables": [], "created_indexes": [],
                                          "unique_key": "present", "duplicate_keys": 0,
-                                         "surplus_rows": 0}
+                                         "surplus_rows": 0, "engine_schema": "engine",
+                                         "moved": [], "foreign": [], "proposed": [], "notes": []}
 
 
 def test_difficulty_load_reads_the_shipped_file(database_url, tmp_path):

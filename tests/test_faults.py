@@ -237,7 +237,7 @@ def test_killed_after_its_merge_before_the_commit_nothing_of_the_month_is_visibl
         progress_lock.run("UPDATE reconciliation_progress SET updated_at = updated_at "
                           "WHERE month = '2023-12'")
         writer_lock.conn.rollback()  # the merge runs; the progress update after it waits
-        wait_for(engine_waits_on(database_url, ours, "UPDATE reconciliation_progress"),
+        wait_for(engine_waits_on(database_url, ours, 'UPDATE "engine".reconciliation_progress'),
                  engine, "the load to wait after its merge")
         assert merged_uncommitted(database_url, ours)
         assert bitcoin(database_url) == {key: want[key] for key in present}  # not committed
@@ -263,7 +263,7 @@ def test_killed_during_verification_the_loaded_month_stays_whole_and_a_rerun_ver
         progress_lock.run("UPDATE reconciliation_progress SET updated_at = updated_at "
                           "WHERE month = '2023-12'")
         writer_lock.conn.rollback()
-        wait_for(engine_waits_on(database_url, ours, "UPDATE reconciliation_progress"),
+        wait_for(engine_waits_on(database_url, ours, 'UPDATE "engine".reconciliation_progress'),
                  engine, "the load to wait after its merge")
         # Queued behind the load's transaction, granted at its commit, before the re-read.
         locker = threading.Thread(target=exclusive.run,

@@ -90,7 +90,7 @@ def test_ctrl_c_during_verification_keeps_the_committed_month_verified_and_undoa
         progress_lock.run("UPDATE reconciliation_progress SET updated_at = updated_at "
                           "WHERE month = '2023-12'")
         writer_lock.conn.rollback()
-        wait_for(engine_waits_on(database_url, ours, "UPDATE reconciliation_progress"),
+        wait_for(engine_waits_on(database_url, ours, 'UPDATE "engine".reconciliation_progress'),
                  engine, "the load to wait after its merge")
         # Queued behind the load's transaction, granted at its commit, before the re-read.
         locker = threading.Thread(target=exclusive.run,
@@ -158,7 +158,7 @@ def test_two_databases_sharing_a_data_folder_keep_their_own_undo_images(
     try:
         from engine.store.schema import init_schema
 
-        init_schema(other)
+        init_schema(other, own_database=True)
         for url in (database_url, other):
             seed_december(url)
         befores = [export(url) for url in (database_url, other)]

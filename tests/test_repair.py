@@ -242,8 +242,9 @@ def test_the_demo_damage_is_found_in_exactly_the_seeded_numbers(settings, databa
     execute(database_url, "DROP INDEX historical_bitcoin_calculations_key")
     with db.connect(database_url) as conn, conn.cursor() as cursor:
         cursor.adbc_ingest("curtailment_records", records.to_arrow(), mode="append")
-        cursor.adbc_ingest("bitcoin_difficulty", days.to_arrow(), mode="append")
         cursor.adbc_ingest(schema.CALCULATIONS, damage.rows.to_arrow(), mode="append")
+        cursor.adbc_ingest("bitcoin_difficulty", days.to_arrow(), mode="append",
+                           db_schema_name=schema.DEFAULT_SCHEMA)
         conn.commit()
     orphans = present.join(expected, on=formula.KEY, how="anti").height
 

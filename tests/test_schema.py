@@ -37,7 +37,10 @@ def test_init_creates_the_production_tables_as_production_has_them(database_url)
 def test_init_creates_every_table_and_both_indexes(database_url):
     tables = {r[0] for r in execute(database_url, "SELECT tablename::text FROM pg_tables "
                                                   "WHERE schemaname = 'public'")}
-    assert tables == set(schema.TABLES)
+    assert tables == set(schema.PRODUCTION_TABLES)
+    own = {r[0] for r in execute(database_url, "SELECT tablename::text FROM pg_tables "
+                                               "WHERE schemaname = 'engine'")}
+    assert own == set(schema.ENGINE_TABLES)
     indexes = {r[0] for r in execute(database_url, "SELECT indexname::text FROM pg_indexes")}
     assert {schema.KEY_INDEX, schema.SOURCE_DATE_INDEX} <= indexes
 

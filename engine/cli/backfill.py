@@ -171,7 +171,7 @@ def _print_plan(settings: Settings, url: str, request: BackfillRequest, as_json:
 
     with open_session(settings, url) as session, session.transaction() as cursor:
         plan = build_plan(cursor, first=request.first, last=request.last, order=request.order,
-                          selection=request.selection)
+                          selection=request.selection, engine_schema=settings.schema)
     emit(plan.to_dict() if as_json else status_text.plan_line(plan, request.jobs), as_json)
 
 
@@ -215,7 +215,7 @@ def write_daily_summary(settings: Settings, url: str) -> Path | None:
 
     try:
         with open_session(settings, url) as session, session.transaction() as cursor:
-            summary = todays_summary(cursor)
+            summary = todays_summary(cursor, engine_schema=settings.schema)
         return write_summary_files(settings.data_dir / "reports", summary)
     except Exception:  # a report file is not worth failing a finished run for
         logging.getLogger(__name__).warning("could not write the daily summary", exc_info=True)

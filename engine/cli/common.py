@@ -10,6 +10,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
@@ -125,8 +126,11 @@ def resolve_database(settings: Settings) -> str:
 
     url = db.resolve_url(settings.database_url, settings.data_dir)
     if settings.database_url is None:
-        err.print(f"using the embedded PostgreSQL in {settings.data_dir / 'postgres'} "
-                  f"({db.mask_url(url)})", markup=False)
+        from engine.store.embedded import EmbeddedServer
+
+        where = EmbeddedServer(settings.data_dir / "postgres").pgdata
+        shown = settings.data_dir / "postgres" if where.is_relative_to(Path.cwd()) else where
+        err.print(f"using the embedded PostgreSQL in {shown} ({db.mask_url(url)})", markup=False)
     return url
 
 

@@ -14,11 +14,26 @@ from engine.store.config import Settings
 
 @db_app.command("init")
 @handled
-def db_init(as_json: JsonOption = False) -> None:
-    """Create the tables and indexes that are missing. Never drops or rewrites data."""
+def db_init(
+    create_indexes: Annotated[bool, typer.Option(
+        "--create-indexes", help="Also create the indexes it proposes on the production tables "
+        "(the unique key of historical_bitcoin_calculations, curtailment_records."
+        "settlement_date), concurrently. Needs the tables' owner.")] = False,
+    create_tables: Annotated[bool, typer.Option(
+        "--create-tables", help="Also create the production tables that are missing (as "
+        "production has them), on a database that is not the embedded one.")] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Create the engine's schema and its missing tables, move an earlier version's tables into
+    it, and list the tables under its names that are not its own (left alone). Production
+    tables and their indexes are created only on the embedded server or when asked. Never
+    drops or rewrites data."""
     from engine.store.schema import init_schema
 
-    result = init_schema(resolve_database(Settings.from_env()))
+    settings = Settings.from_env()
+    result = init_schema(resolve_database(settings), engine_schema=settings.schema,
+                         own_database=settings.database_url is None, create_indexes=create_indexes,
+                         create_tables=create_tables)
     emit(result.to_dict() if as_json else results.init_summary(result), as_json)
 
 
@@ -62,5 +77,6 @@ def difficulty_load(
     url = resolve_database(settings)
     with db.connect(url) as conn, db.translated_errors(url):
         result = load_difficulty(conn, frame, lock_timeout_ms=settings.lock_timeout_ms,
-                                 statement_timeout_ms=settings.statement_timeout_ms)
+                                 statement_timeout_ms=settings.statement_timeout_ms,
+                                 engine_schema=settings.schema)
     emit(result.to_dict() if as_json else results.difficulty_summary(result), as_json)

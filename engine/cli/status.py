@@ -39,7 +39,8 @@ def status(
         _watch(settings, url, interval, as_json)
         return
     with open_session(settings, url) as session, session.transaction() as cursor:
-        result = get_status(cursor, [m.name for m in session.models])
+        result = get_status(cursor, [m.name for m in session.models],
+                            engine_schema=settings.schema)
     emit(result.to_dict() if as_json else status_text.status_text(result), as_json)
 
 
@@ -59,7 +60,8 @@ def status_month(
     settings = Settings.from_env()
     url = resolve_database(settings)
     with open_session(settings, url) as session, session.transaction() as cursor:
-        result = get_month_status(cursor, target, [m.name for m in session.models])
+        result = get_month_status(cursor, target, [m.name for m in session.models],
+                                  engine_schema=settings.schema)
     emit(result.to_dict() if as_json else status_text.month_status_text(result), as_json)
 
 
@@ -92,9 +94,9 @@ def report(
     url = resolve_database(settings)
     with open_session(settings, url) as session, session.transaction() as cursor:
         models = [m.name for m in session.models]
-        result = build_report(cursor, models, jobs=jobs)
-        summaries = daily_summaries(cursor) if chosen == "markdown" else []
-        overview = get_status(cursor, models) if html else None
+        result = build_report(cursor, models, jobs=jobs, engine_schema=settings.schema)
+        summaries = daily_summaries(cursor, engine_schema=settings.schema) if chosen == "markdown" else []
+        overview = get_status(cursor, models, engine_schema=settings.schema) if html else None
     if html and overview:
         from engine.reporting.html_page import render
 
@@ -131,7 +133,7 @@ def _watch(settings: Settings, url: str, interval: float, as_json: bool) -> None
 
     def view():  # type: ignore[no-untyped-def]
         with db.connect(url) as conn, db.translated_errors(url), conn.cursor() as cursor:
-            return read_live(cursor)
+            return read_live(cursor, engine_schema=settings.schema)
 
     current = view()
     if current is None:

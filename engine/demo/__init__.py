@@ -29,9 +29,7 @@ from engine.store.config import Settings, load_miner_models
 
 log = logging.getLogger(__name__)
 
-DEMO_TABLES = ("curtailment_records", "historical_bitcoin_calculations", "bitcoin_difficulty",
-               "bitcoin_daily_summaries", "bitcoin_monthly_summaries", "bitcoin_yearly_summaries",
-               "reconciliation_progress", "reconciliation_runs", "reconciliation_backfills")
+DEMO_TABLES = (*schema.PRODUCTION_TABLES, *(f"{{engine}}.{name}" for name in schema.ENGINE_TABLES))
 _COUNT_ROWS = """SELECT (SELECT count(*) FROM curtailment_records)
                    + (SELECT count(*) FROM historical_bitcoin_calculations)"""
 _TRUNCATE = f"TRUNCATE {', '.join(DEMO_TABLES)} RESTART IDENTITY"
@@ -73,7 +71,7 @@ class DemoResult:
 
 
 def fill_database(url: str, months: list[Month], *, embedded: bool, seed: int = 2024,
-                  legacy_damage: bool = False) -> DemoData:
+                  legacy_damage: bool = False, engine_schema: str = schema.DEFAULT_SCHEMA) -> DemoData:
     """Generate the demo data for `months` and write it, replacing what the tables held.
 
     With `legacy_damage` the older writers' damage of `legacy.DEMO_DAMAGE` goes on top of the
@@ -83,7 +81,8 @@ def fill_database(url: str, months: list[Month], *, embedded: bool, seed: int = 
     Raises `InputError` on a non-embedded database whose tables already hold rows.
     """
     start = time.perf_counter()
-    schema.init_schema(url)
+    # The demo's database is the demo's: it creates the production tables and their indexes.
+    schema.init_schema(url, engine_schema=engine_schema, own_database=True)
     with db.connect(url) as conn, db.translated_errors(url), conn.cursor() as cursor:
         if not embedded and db.fetch_all(cursor, _COUNT_ROWS)[0][0]:
             raise InputError("the demo replaces all data; on a database other than the embedded "
@@ -101,12 +100,15 @@ def fill_database(url: str, months: list[Month], *, embedded: bool, seed: int = 
         damaged = legacy.damage(present, records, difficulty, models)
         present, damage = damaged.rows, damaged.counts
     with db.connect(url) as conn, db.translated_errors(url), conn.cursor() as cursor:
-        cursor.execute(_TRUNCATE)
+        cursor.execute(schema.sql(_TRUNCATE, engine_schema))
         if legacy_damage:
             cursor.execute(f"DROP INDEX IF EXISTS {schema.KEY_INDEX}")
         cursor.adbc_ingest("curtailment_records", records.to_arrow(), mode="append")
-        cursor.adbc_ingest("bitcoin_difficulty", difficulty.to_arrow(), mode="append")
         cursor.adbc_ingest(schema.CALCULATIONS, present.to_arrow(), mode="append")
+        # A cursor of its own: ADBC keeps a cursor's schema for its later ingests.
+        with conn.cursor() as own:
+            own.adbc_ingest("bitcoin_difficulty", difficulty.to_arrow(), mode="append",
+                            db_schema_name=engine_schema)
         for month in months:  # production's summaries agree with the rows it holds
             summaries.refresh(cursor, month)
         conn.commit()
@@ -115,7 +117,7 @@ def fill_database(url: str, months: list[Month], *, embedded: bool, seed: int = 
         cursor.execute(f"ANALYZE {schema.CALCULATIONS}")
     # As `engine db init` leaves it: the unique key index, or (duplicates block it, also after
     # an earlier damaged demo) the lookup index.
-    schema.init_schema(url)
+    schema.init_schema(url, engine_schema=engine_schema, own_database=True)
     return DemoData(records.height, expected.height, present.height, difficulty.height,
                     time.perf_counter() - start, damage)
 
@@ -127,7 +129,7 @@ def run_demo(settings: Settings, months: list[Month], *, url: str | None = None,
     start = time.perf_counter()
     url = url or db.resolve_url(settings.database_url, settings.data_dir)
     data = fill_database(url, months, embedded=settings.database_url is None,
-                         legacy_damage=legacy_damage)
+                         legacy_damage=legacy_damage, engine_schema=settings.schema)
     results = []
     with open_session(settings, url) as session:
         for month in months:

@@ -51,7 +51,7 @@ from engine.explore.views import (
 from engine.month import extract
 from engine.month.reconcile import find_differences
 from engine.months import Month, parse_range
-from engine.store import db
+from engine.store import db, libpq, schema
 from engine.store.config import MinerModel, Settings, load_miner_models
 from engine.store.paths import Layout
 from engine.store.schema import CALCULATIONS
@@ -82,14 +82,14 @@ PROGRESS = """
 SELECT month, status, expected_rows, present_rows, inserted_rows, missing_rows, drift_rows,
        orphan_rows, duplicate_rows, percent_complete::float8 AS percent_complete, attempts,
        last_error, last_run_id, started_at, finished_at, updated_at
-FROM reconciliation_progress WHERE month >= $1 AND month <= $2 ORDER BY month
+FROM {engine}.reconciliation_progress WHERE month >= $1 AND month <= $2 ORDER BY month
 """
 
 RUNS = """
 SELECT id, month, command, formula, dry_run, status, rows::text AS rows,
        timings::text AS timings, error, started_at, finished_at,
        extract(epoch FROM finished_at - started_at)::float8 AS elapsed_seconds
-FROM reconciliation_runs WHERE month >= $1 AND month <= $2 ORDER BY id
+FROM {engine}.reconciliation_runs WHERE month >= $1 AND month <= $2 ORDER BY id
 """
 
 # DataType instances (not classes), so the schemas type-check as DataType mappings.
@@ -267,13 +267,13 @@ def load_gaps(ws: Workspace, months: Months = None, source: Source = "auto") -> 
 def progress(ws: Workspace, months: Months = None) -> pl.DataFrame:
     """`reconciliation_progress` for the months (all when `None`): one row per month that
     has one, with its status, counts, percent complete, attempts and last error."""
-    return _query(ws, PROGRESS, _bounds(months))
+    return _query(ws, schema.sql(PROGRESS, ws.settings.schema), _bounds(months))
 
 
 def runs(ws: Workspace, months: Months = None) -> pl.DataFrame:
     """`reconciliation_runs` for the months (all when `None`), oldest first; `rows` and
     `timings` are JSON text (`run_steps`, `time_per_month` and `step_share` read them)."""
-    return _query(ws, RUNS, _bounds(months))
+    return _query(ws, schema.sql(RUNS, ws.settings.schema), _bounds(months))
 
 
 # --- ad-hoc SQL -----------------------------------------------------------------------------
@@ -307,16 +307,18 @@ def explain_row(ws: Workspace, settlement_date: date, settlement_period: int, fa
     curtailment or names an unknown model, `MissingDifficulty` when its date has none."""
     return explain(ws.url, ws.models, settlement_date, int(settlement_period), farm_id, miner_model,
                    lock_timeout_ms=ws.settings.lock_timeout_ms,
-                   statement_timeout_ms=ws.settings.statement_timeout_ms)
+                   statement_timeout_ms=ws.settings.statement_timeout_ms,
+                   engine_schema=ws.settings.schema)
 
 
 # --- helpers --------------------------------------------------------------------------------
 
 def _read_months(ws: Workspace, months: list[Month]) -> Iterator[extract.Snapshot]:
     def read(month: Month) -> extract.Snapshot:
-        curtailment, calculations, difficulty = (extract.read(ws.url, sql) for sql in (
+        read_url = libpq.for_connectorx(ws.url)  # connectorx reads no .pgpass itself
+        curtailment, calculations, difficulty = (extract.read(read_url, sql) for sql in (
             extract.curtailment_sql(month), extract.calculations_sql(month),
-            extract.difficulty_sql(month)))
+            extract.difficulty_sql(month, ws.settings.schema)))
         return extract.Snapshot(month, curtailment, calculations, difficulty, files={})
 
     # connectorx releases the GIL: a few months are read at once, in order.

@@ -22,13 +22,14 @@ from engine.errors import InputError, MissingDifficulty
 from engine.formula import kernel
 from engine.store import db
 from engine.store.config import MinerModel
+from engine.store.schema import DEFAULT_SCHEMA, sql
 
 PERIOD_RECORDS = """
 SELECT id, settlement_date, settlement_period, farm_id, lead_party_name, volume::text AS volume
 FROM curtailment_records WHERE settlement_date = $1 AND settlement_period = $2
 ORDER BY farm_id, id
 """
-DIFFICULTY = "SELECT difficulty::text FROM bitcoin_difficulty WHERE settlement_date = $1"
+DIFFICULTY = "SELECT difficulty::text FROM {engine}.bitcoin_difficulty WHERE settlement_date = $1"
 STORED = """
 SELECT id, bitcoin_mined::text, difficulty::text, calculated_at FROM historical_bitcoin_calculations
 WHERE settlement_date = $1 AND settlement_period = $2 AND farm_id = $3 AND miner_model = $4
@@ -115,7 +116,7 @@ class RowExplanation:
 
 def explain(url: str, models: Sequence[MinerModel], settlement_date: date, settlement_period: int,
             farm_id: str, miner_model: str, *, lock_timeout_ms: int = 5_000,
-            statement_timeout_ms: int = 300_000) -> RowExplanation:
+            statement_timeout_ms: int = 300_000, engine_schema: str = DEFAULT_SCHEMA) -> RowExplanation:
     """Read the key's period (every farm's records), its day's difficulty and its stored rows
     from the database in one read-only transaction, and recompute the row step by step with
     formula v1.
@@ -130,7 +131,7 @@ def explain(url: str, models: Sequence[MinerModel], settlement_date: date, settl
     with db.translated_errors(url), db.connect(url) as conn, db.transaction(
             conn, lock_timeout_ms=lock_timeout_ms, statement_timeout_ms=statement_timeout_ms) as cursor:
         source = _records(db.fetch_all(cursor, PERIOD_RECORDS, (settlement_date, settlement_period)))
-        difficulty = db.fetch_all(cursor, DIFFICULTY, (settlement_date,))
+        difficulty = db.fetch_all(cursor, sql(DIFFICULTY, engine_schema), (settlement_date,))
         stored = db.fetch_all(cursor, STORED, (settlement_date, settlement_period, farm_id, miner_model))
     pooled = formula.pooled_periods(source)
     farm = pooled.filter(pl.col("farm_id") == farm_id)

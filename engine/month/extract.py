@@ -12,7 +12,7 @@ from engine.errors import SourceDataError
 from engine.months import Month
 from engine.store import db
 from engine.store.paths import Layout, write_parquet
-from engine.store.schema import CALCULATIONS
+from engine.store.schema import CALCULATIONS, DEFAULT_SCHEMA, table
 
 
 def _in_month(month: Month) -> str:
@@ -40,8 +40,9 @@ def non_finite_sql(month: Month) -> str:
             "AND volume::text IN ('NaN', 'Infinity', '-Infinity') ORDER BY 1, 2, 3")
 
 
-def difficulty_sql(month: Month) -> str:
-    return f"SELECT settlement_date, difficulty FROM bitcoin_difficulty WHERE {_in_month(month)}"
+def difficulty_sql(month: Month, engine_schema: str = DEFAULT_SCHEMA) -> str:
+    return (f"SELECT settlement_date, difficulty FROM {table('bitcoin_difficulty', engine_schema)} "
+            f"WHERE {_in_month(month)}")
 
 
 @dataclass(frozen=True)
@@ -62,12 +63,13 @@ class Snapshot:
         }
 
 
-def extract_month(url: str, month: Month, layout: Layout) -> Snapshot:
+def extract_month(url: str, month: Month, layout: Layout, *,
+                  engine_schema: str = DEFAULT_SCHEMA) -> Snapshot:
     """Read the month's three inputs and write each to `data/extracts/<table>/month=…/`."""
     queries = {
         "curtailment_records": curtailment_sql(month),
         CALCULATIONS: calculations_sql(month),
-        "bitcoin_difficulty": difficulty_sql(month),
+        "bitcoin_difficulty": difficulty_sql(month, engine_schema),
     }
 
     def read_and_write(name: str) -> tuple[pl.DataFrame, Path]:

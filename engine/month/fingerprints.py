@@ -9,6 +9,7 @@ from typing import Any
 
 from engine.months import Month
 from engine.store import db
+from engine.store.schema import DEFAULT_SCHEMA, sql
 
 SOURCE_FINGERPRINTS = """
 SELECT to_char(settlement_date, 'YYYY-MM'), count(*), max(id), max(created_at), sum(volume)::text
@@ -18,7 +19,7 @@ GROUP BY 1 ORDER BY 1
 
 
 STORE_FINGERPRINT = """
-UPDATE reconciliation_progress SET source_records = $2, source_max_id = $3,
+UPDATE {engine}.reconciliation_progress SET source_records = $2, source_max_id = $3,
     source_max_created_at = $4, source_volume = $5::numeric, last_error_kind = NULL
 WHERE month = $1
 """
@@ -61,8 +62,10 @@ def source_fingerprints(cursor: db.Cursor, first: Month, last: Month) -> dict[Mo
     return {Month.parse(r[0]): Fingerprint(int(r[1]), int(r[2]), r[3], Decimal(r[4])) for r in rows}
 
 
-def store_fingerprint(cursor: db.Cursor, month: Month, fingerprint: Fingerprint) -> None:
+def store_fingerprint(cursor: db.Cursor, month: Month, fingerprint: Fingerprint, *,
+                      engine_schema: str = DEFAULT_SCHEMA) -> None:
     """Remember what the source held when the month was verified."""
-    cursor.execute(STORE_FINGERPRINT, (str(month), fingerprint.records, fingerprint.max_id,
-                                       fingerprint.max_created_at, str(fingerprint.volume)))
+    cursor.execute(sql(STORE_FINGERPRINT, engine_schema),
+                   (str(month), fingerprint.records, fingerprint.max_id,
+                    fingerprint.max_created_at, str(fingerprint.volume)))
 

@@ -15,15 +15,16 @@ from engine.month import locks
 from engine.month.fingerprints import Fingerprint
 from engine.months import Month
 from engine.store import db
+from engine.store.schema import DEFAULT_SCHEMA, sql
 
 START_RUN = """
-INSERT INTO reconciliation_runs (month, command, formula, dry_run, status, arguments, pid,
+INSERT INTO {engine}.reconciliation_runs (month, command, formula, dry_run, status, arguments, pid,
     backfill_id)
 VALUES ($1, $2, $3, false, 'running', $4::jsonb, $5, $6) RETURNING id
 """
 
 MARK_IN_PROGRESS = """
-INSERT INTO reconciliation_progress (month, status, attempts, last_run_id, started_at, updated_at)
+INSERT INTO {engine}.reconciliation_progress (month, status, attempts, last_run_id, started_at, updated_at)
 VALUES ($1, 'in_progress', 1, $2, now(), now())
 ON CONFLICT (month) DO UPDATE SET
     status = 'in_progress', attempts = reconciliation_progress.attempts + 1,
@@ -31,7 +32,7 @@ ON CONFLICT (month) DO UPDATE SET
 """
 
 RECORD_COUNTS = """
-UPDATE reconciliation_progress SET
+UPDATE {engine}.reconciliation_progress SET
     expected_rows = $2, present_rows = $3, inserted_rows = $4, missing_rows = $5,
     drift_rows = $6, orphan_rows = $7, duplicate_rows = $8,
     percent_complete = CASE WHEN $2 = 0 THEN 100 ELSE round(100.0 * $3 / $2, 2) END,
@@ -40,14 +41,14 @@ WHERE month = $1
 """
 
 FINISH_MONTH = """
-UPDATE reconciliation_progress SET
+UPDATE {engine}.reconciliation_progress SET
     status = $2, last_error = $3, updated_at = now(),
     finished_at = CASE WHEN $2 IN ('completed', 'failed', 'interrupted') THEN now() END
 WHERE month = $1
 """
 
 FINISH_RUN = """
-UPDATE reconciliation_runs SET
+UPDATE {engine}.reconciliation_runs SET
     status = $2, rows = coalesce($3::jsonb, rows), timings = $4::jsonb, verdict = $5::jsonb,
     error = $6,
     finished_at = CASE WHEN $2 = 'loaded' THEN NULL ELSE clock_timestamp() END
@@ -56,21 +57,23 @@ WHERE id = $1
 
 
 def start_run(cursor: db.Cursor, month: Month, command: str, formula: str,
-              arguments: Mapping[str, Any], *, backfill_id: int | None = None) -> int:
+              arguments: Mapping[str, Any], *, backfill_id: int | None = None,
+              engine_schema: str = DEFAULT_SCHEMA) -> int:
     """Insert a `running` run row (of backfill `backfill_id`, if any), mark the month
     `in_progress`; return the run id."""
-    cursor.execute(START_RUN, (str(month), command, formula, json.dumps(arguments), os.getpid(),
-                               backfill_id))
+    cursor.execute(sql(START_RUN, engine_schema),
+                   (str(month), command, formula, json.dumps(arguments), os.getpid(), backfill_id))
     row = cursor.fetchone()
     assert row is not None
     run_id = int(row[0])
-    cursor.execute(MARK_IN_PROGRESS, (str(month), run_id))
+    cursor.execute(sql(MARK_IN_PROGRESS, engine_schema), (str(month), run_id))
     return run_id
 
 
-def record_counts(cursor: db.Cursor, month: Month, counts: Mapping[str, int]) -> None:
+def record_counts(cursor: db.Cursor, month: Month, counts: Mapping[str, int], *,
+                  engine_schema: str = DEFAULT_SCHEMA) -> None:
     """Store the month's row counts (`expected`, `present`, `inserted`, `missing`, …)."""
-    cursor.execute(RECORD_COUNTS, (
+    cursor.execute(sql(RECORD_COUNTS, engine_schema), (
         str(month), counts["expected"], counts["present"], counts.get("inserted", 0),
         counts["missing"], counts["drift"], counts["orphans"], counts["duplicates"],
     ))
@@ -79,11 +82,12 @@ def record_counts(cursor: db.Cursor, month: Month, counts: Mapping[str, int]) ->
 def finish(cursor: db.Cursor, month: Month, run_id: int, *, run_status: str,
            month_status: str, rows: Mapping[str, int] | None = None,
            timings: Mapping[str, float] | None = None, verdict: Mapping[str, Any] | None = None,
-           error: str | None = None) -> None:
+           error: str | None = None, engine_schema: str = DEFAULT_SCHEMA) -> None:
     """Close the run (`loaded`, `verified`, `unverified`, `failed`, `nothing_to_do`) and
     set the month's status (`in_progress`, `completed`, `failed`)."""
-    cursor.execute(FINISH_MONTH, (str(month), month_status, error))
-    cursor.execute(FINISH_RUN, (run_id, run_status, _json(rows), _json(timings), _json(verdict), error))
+    cursor.execute(sql(FINISH_MONTH, engine_schema), (str(month), month_status, error))
+    cursor.execute(sql(FINISH_RUN, engine_schema),
+                   (run_id, run_status, _json(rows), _json(timings), _json(verdict), error))
 
 
 def _json(value: Mapping[str, Any] | None) -> str | None:
@@ -99,14 +103,14 @@ SELECTIONS = ("missing", "failed", "interrupted", "stale", "completed")
 MONTH_STATES = """
 SELECT month, status, attempts, retries, last_error, last_error_kind, last_run_id, started_at,
        finished_at, source_records, source_max_id, source_max_created_at, source_volume::text
-FROM reconciliation_progress WHERE month >= $1 AND month <= $2
+FROM {engine}.reconciliation_progress WHERE month >= $1 AND month <= $2
 """
 
 
 # `attempts` counts tries: the pipeline adds one when it starts a run; a try that failed before
 # that (a lost connection during the extract) is counted here, never twice.
 RECORD_ATTEMPT = """
-INSERT INTO reconciliation_progress AS p (month, status, attempts, retries, last_error,
+INSERT INTO {engine}.reconciliation_progress AS p (month, status, attempts, retries, last_error,
     last_error_kind, last_error_at, updated_at, finished_at)
 VALUES ($1, $2, $3, $4, $5, $6, now(), now(), CASE WHEN $2 = 'failed' THEN now() END)
 ON CONFLICT (month) DO UPDATE SET
@@ -117,13 +121,13 @@ ON CONFLICT (month) DO UPDATE SET
 """
 
 MARK_ERROR_KIND = """
-UPDATE reconciliation_progress SET last_error_kind = $2, last_error_at = now() WHERE month = $1
+UPDATE {engine}.reconciliation_progress SET last_error_kind = $2, last_error_at = now() WHERE month = $1
 """
 
 # Runs still `running` or `loaded` of a month whose lock we hold: their process is gone. One
 # that committed its write (`loaded`) was interrupted, not failed: it stays undoable.
 CLOSE_ABANDONED_RUNS = """
-UPDATE reconciliation_runs SET
+UPDATE {engine}.reconciliation_runs SET
     status = CASE WHEN status = 'loaded' THEN 'interrupted' ELSE 'failed' END, error = $2,
     finished_at = clock_timestamp()
 WHERE month = $1 AND status IN ('running', 'loaded') RETURNING id, pid
@@ -155,11 +159,12 @@ class MonthState:
         return {"not_started": "missing", "in_progress": "stale"}.get(self.status, self.status)
 
 
-def month_states(cursor: db.Cursor, first: Month, last: Month) -> dict[Month, MonthState]:
+def month_states(cursor: db.Cursor, first: Month, last: Month, *,
+                 engine_schema: str = DEFAULT_SCHEMA) -> dict[Month, MonthState]:
     """Every month from `first` to `last` that has a progress row or a held lock."""
     held = {m for m in locks.held_months(cursor) if first <= m <= last}
     states = {}
-    for row in db.fetch_all(cursor, MONTH_STATES, (str(first), str(last))):
+    for row in db.fetch_all(cursor, sql(MONTH_STATES, engine_schema), (str(first), str(last))):
         month = Month.parse(row[0])
         fingerprint = None
         if row[9] is not None:
@@ -172,20 +177,24 @@ def month_states(cursor: db.Cursor, first: Month, last: Month) -> dict[Month, Mo
 
 
 def record_attempt(cursor: db.Cursor, month: Month, *, attempts: int, error: str, kind: str,
-                   final: bool) -> None:
+                   final: bool, engine_schema: str = DEFAULT_SCHEMA) -> None:
     """Store a failed try: `attempts` is the try's number; `final` marks the month `failed`,
     otherwise it stays `in_progress` and counts one more retry."""
-    cursor.execute(RECORD_ATTEMPT, (str(month), "failed" if final else "in_progress", attempts,
-                                    0 if final else 1, error, kind))
+    cursor.execute(sql(RECORD_ATTEMPT, engine_schema),
+                   (str(month), "failed" if final else "in_progress", attempts,
+                    0 if final else 1, error, kind))
 
 
-def mark_error_kind(cursor: db.Cursor, month: Month, kind: str) -> None:
-    cursor.execute(MARK_ERROR_KIND, (str(month), kind))
+def mark_error_kind(cursor: db.Cursor, month: Month, kind: str, *,
+                    engine_schema: str = DEFAULT_SCHEMA) -> None:
+    cursor.execute(sql(MARK_ERROR_KIND, engine_schema), (str(month), kind))
 
 
-def close_abandoned_runs(cursor: db.Cursor, month: Month, reason: str) -> list[tuple[int, int | None]]:
+def close_abandoned_runs(cursor: db.Cursor, month: Month, reason: str, *,
+                         engine_schema: str = DEFAULT_SCHEMA) -> list[tuple[int, int | None]]:
     """Mark the month's unfinished runs failed; call it only while holding the month's lock.
     Returns their (run id, pid)."""
-    return [(int(r[0]), r[1]) for r in db.fetch_all(cursor, CLOSE_ABANDONED_RUNS, (str(month), reason))]
+    return [(int(r[0]), r[1]) for r in db.fetch_all(cursor, sql(CLOSE_ABANDONED_RUNS, engine_schema),
+                                                    (str(month), reason))]
 
 

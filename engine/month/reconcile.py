@@ -177,7 +177,8 @@ def examine(session: Session, month: Month, version: str, *,
     with db.translated_errors(session.url):
         if snapshot is None:
             with steps("extract"):
-                snapshot = extract.extract_month(session.read_url, month, layout)
+                snapshot = extract.extract_month(session.read_url, month, layout,
+                                                 engine_schema=session.engine_schema)
         with steps("recompute"):
             expected = formula.expected_rows(snapshot.curtailment, snapshot.difficulty,
                                              session.models, version)
@@ -196,11 +197,12 @@ def _reconcile(session: Session, month: Month, job: _Job, on_step: StepCallback 
     with db.translated_errors(session.url):
         if job.plan is not None:  # refuse a stale plan before anything is recorded
             with session.transaction() as cursor:
-                plans.check_fingerprint(cursor, job.plan)
+                plans.check_fingerprint(cursor, job.plan, engine_schema=session.engine_schema)
         job.check_stop("the extract")
         with steps("extract"):
             try:
-                snapshot = extract.extract_month(session.read_url, month, layout)
+                snapshot = extract.extract_month(session.read_url, month, layout,
+                                                 engine_schema=session.engine_schema)
             except SourceDataError as error:  # a data error is the month's state: record it
                 if not job.dry_run:
                     _record_failure(session, month, _start_run(session, month, job), error,
@@ -255,11 +257,12 @@ def _reconcile(session: Session, month: Month, job: _Job, on_step: StepCallback 
             status = "verified" if verdict.verified else "unverified"
             counts = left.counts() | {"inserted": written.loaded.inserted, "present": verdict.present}
             with steps("record"), session.transaction() as cursor:
-                progress.record_counts(cursor, month, counts)
+                progress.record_counts(cursor, month, counts, engine_schema=session.engine_schema)
                 progress.finish(cursor, month, run_id, run_status=status,
                                 month_status="completed" if verdict.verified else "failed",
                                 rows=rows, timings=steps.timings, verdict=verdict.to_dict(),
-                                error=None if verdict.verified else _verification_error(verdict))
+                                error=None if verdict.verified else _verification_error(verdict),
+                                engine_schema=session.engine_schema)
             if written.undo is not None:
                 files["undo"] = str(written.undo)
             return MonthResult(month, status, run_id, rows, steps.timings, verdict, files,
@@ -277,12 +280,14 @@ def _start_run(session: Session, month: Month, job: _Job) -> int:
     """Close the runs a killed process left open (we hold the month's lock), start ours."""
     with session.transaction() as cursor:
         for run, pid in progress.close_abandoned_runs(
-                cursor, month, "abandoned: its process stopped before the run finished"):
+                cursor, month, "abandoned: its process stopped before the run finished",
+                engine_schema=session.engine_schema):
             log.warning("%s: run %s (pid %s) was left open by a stopped process; closed it",
                         month, run, pid)
         return progress.start_run(cursor, month, job.command, job.version, {
             "models": [m.name for m in session.models], "fix": sorted(job.fix),
-            **({"plan": job.plan.fingerprint} if job.plan else {})}, backfill_id=job.backfill_id)
+            **({"plan": job.plan.fingerprint} if job.plan else {})}, backfill_id=job.backfill_id,
+            engine_schema=session.engine_schema)
 
 
 def find_differences(snapshot: extract.Snapshot, expected: pl.DataFrame, tolerance: pl.DataFrame,
@@ -346,6 +351,6 @@ def _record_failure(session: Session, month: Month, run_id: int, error: BaseExce
     try:
         with session.transaction() as cursor:
             progress.finish(cursor, month, run_id, run_status=status, month_status=status,
-                            timings=timings, error=message)
+                            timings=timings, error=message, engine_schema=session.engine_schema)
     except BaseException:  # the original error matters more than this one
         log.warning("could not record the end of run %s of %s", run_id, month, exc_info=True)

@@ -13,11 +13,13 @@ from pathlib import Path
 from engine.errors import EngineError, MonthBusy
 from engine.month import locks
 from engine.months import Month
-from engine.store import db, schema
+from engine.store import db, libpq, schema
 from engine.store.config import MinerModel, Settings, load_miner_models
 from engine.store.paths import Layout
 
 log = logging.getLogger(__name__)
+
+_told_slower: set[str] = set()
 
 
 @dataclass
@@ -36,6 +38,11 @@ class Session:
         return Layout(self.settings.data_dir)
 
     @property
+    def engine_schema(self) -> str:
+        """The schema of the engine's own tables."""
+        return self.settings.schema
+
+    @property
     def undo_dir(self) -> Path:
         """Where this database's undo images live: one folder per database, so two databases
         sharing a data/ folder never overwrite each other's run of the same number."""
@@ -43,9 +50,11 @@ class Session:
 
     @property
     def read_url(self) -> str:
-        """The URL connectorx reads with: the engine's lock and statement timeouts apply."""
-        return db.with_timeouts(self.url, lock_timeout_ms=self.settings.lock_timeout_ms,
-                                statement_timeout_ms=self.settings.statement_timeout_ms)
+        """The URL connectorx reads with: the engine's lock and statement timeouts apply, and
+        the password and sslmode libpq would take from its own settings (a secret: mask it)."""
+        return libpq.for_connectorx(db.with_timeouts(
+            self.url, lock_timeout_ms=self.settings.lock_timeout_ms,
+            statement_timeout_ms=self.settings.statement_timeout_ms))
 
     @contextmanager
     def transaction(self) -> Iterator[db.Cursor]:
@@ -65,9 +74,14 @@ def open_session(settings: Settings, url: str | None = None) -> Iterator[Session
     with db.connect(url) as conn, db.translated_errors(url):
         with db.transaction(conn, lock_timeout_ms=settings.lock_timeout_ms,
                             statement_timeout_ms=settings.statement_timeout_ms) as cursor:
-            schema.check_schema(cursor)
+            schema.check_schema(cursor, settings.schema)
             unique_key = schema.has_unique_key(cursor)
             database_id = database_identity(cursor)
+        if not unique_key and (where := db.mask_url(url)) not in _told_slower:
+            _told_slower.add(where)
+            log.warning("note: %s has no unique index on its key, so each merge locks it against "
+                        "other writers and checks NOT EXISTS, which is slower (`engine db init` "
+                        "says how to add it)", schema.CALCULATIONS)
         yield Session(settings, url, conn, models, unique_key, database_id)
 
 

@@ -15,6 +15,7 @@ from engine.month import diff, load, progress, summaries, verify
 from engine.month.session import Session
 from engine.months import Month
 from engine.repairs import actions, causes, plans, undo
+from engine.store import schema
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,7 @@ def write_month(session: Session, month: Month, run_id: int, before: diff.Diff,
     try:
         with session.transaction() as cursor:
             if plan is not None:
-                plans.check_fingerprint(cursor, plan)
+                plans.check_fingerprint(cursor, plan, engine_schema=session.engine_schema)
             loaded = load.load_missing(cursor, before.missing, unique_key=session.unique_key,
                                        skip_conflicts=skip_conflicts)
             repaired = actions.apply_actions(cursor, changes)
@@ -59,10 +60,11 @@ def write_month(session: Session, month: Month, run_id: int, before: diff.Diff,
                     inserted=Path(files["diff_missing"]) if loaded.inserted else None)
             written = Written(loaded, repaired, refreshed, days, record_folder)
             left = actions.remaining(before, fix)
-            progress.record_counts(cursor, month, left.counts() | {"inserted": loaded.inserted})
+            progress.record_counts(cursor, month, left.counts() | {"inserted": loaded.inserted},
+                                   engine_schema=session.engine_schema)
             progress.finish(cursor, month, run_id, run_status="loaded", month_status="in_progress",
-                            rows=row_counts(before, written))
-            cursor.execute(actions.RECORD, (
+                            rows=row_counts(before, written), engine_schema=session.engine_schema)
+            cursor.execute(schema.sql(actions.RECORD, session.engine_schema), (
                 run_id, json.dumps(causes.count(before)), json.dumps(repaired.to_dict()),
                 json.dumps(refreshed.to_dict() if refreshed else None)))
         return written

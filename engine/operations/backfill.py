@@ -36,7 +36,14 @@ from engine.operations.retries import (
     WorkerSession,
 )
 from engine.operations.selection import DEFAULT_SELECTION, Plan, PlannedMonth, build_plan
-from engine.operations.throttle import LoadSample, Throttle, ThrottleConfig, sample_load
+from engine.operations.throttle import (
+    LIMITED_VIEW,
+    LoadSample,
+    Throttle,
+    ThrottleConfig,
+    sample_load,
+    sees_all_sessions,
+)
 from engine.reporting.status import missing_rows
 from engine.store import db
 from engine.store.config import Settings
@@ -153,13 +160,18 @@ def run_backfill(settings: Settings, request: BackfillRequest, *, url: str | Non
         with control.transaction() as cursor:
             chosen = choose(cursor) if choose else build_plan(
                 cursor, first=request.first, last=request.last, order=request.order,
-                selection=request.selection)
+                selection=request.selection, engine_schema=settings.schema)
         if not chosen.months:  # nothing to do: no record, so a frequent cron job leaves no trail
             emit(Event("plan", plan=chosen))
             return BackfillResult(None, request.command, chosen, (), 0.0, {})
+        if request.throttle.load_aware:
+            with control.transaction() as cursor:
+                if not sees_all_sessions(cursor):
+                    log.warning(LIMITED_VIEW)
         with control.transaction() as cursor:
             backfill_id = backfills.start_backfill(cursor, request.command, request.to_dict(),
-                                                  [m.to_dict() for m in chosen.months], request.jobs)
+                                                  [m.to_dict() for m in chosen.months], request.jobs,
+                                                  engine_schema=settings.schema)
             locks.try_lock(cursor, (locks.BACKFILL_LOCK_CLASS, backfill_id % 2**31))
         emit(Event("plan", detail=str(backfill_id), plan=chosen))
         runner = _Runner(settings, url, request, backfill_id, chosen, emit,
@@ -168,7 +180,8 @@ def run_backfill(settings: Settings, request: BackfillRequest, *, url: str | Non
         def heartbeat(status: str, error: str | None = None) -> None:
             def update(cursor: db.Cursor) -> None:
                 backfills.update_backfill(cursor, backfill_id, status=status, counts=runner.counts(),
-                                         throttle=runner.throttle.record(), error=error)
+                                         throttle=runner.throttle.record(), error=error,
+                                         engine_schema=settings.schema)
             try:
                 with db.translated_errors(url), control.transaction() as cursor:
                     update(cursor)

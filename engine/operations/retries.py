@@ -189,7 +189,8 @@ class MonthWork:
                     if skipped := self._prepare(worker, planned):
                         return outcome("skipped", reason=skipped)
                 with worker.transaction() as cursor:
-                    state = progress.month_states(cursor, month, month).get(month)
+                    state = progress.month_states(cursor, month, month,
+                                                  engine_schema=worker.settings.schema).get(month)
                     attempts = state.attempts if state else 0
                     fingerprint = fingerprints.source_fingerprints(cursor, month, month).get(month)
                 tries += 1
@@ -230,10 +231,11 @@ class MonthWork:
         month = planned.month
         try:
             with worker.transaction() as cursor:
+                schema = worker.settings.schema
                 if result.status == "verified" and fingerprint is not None:
-                    fingerprints.store_fingerprint(cursor, month, fingerprint)
+                    fingerprints.store_fingerprint(cursor, month, fingerprint, engine_schema=schema)
                 elif result.status == "unverified":
-                    progress.mark_error_kind(cursor, month, "verification")
+                    progress.mark_error_kind(cursor, month, "verification", engine_schema=schema)
         except EngineError:  # bookkeeping only: the month itself is done and recorded
             log.warning("could not record the fingerprint of %s", month, exc_info=True)
         error = None
@@ -263,7 +265,8 @@ class MonthWork:
         take over a stale `in_progress` row (its process is gone, or it would hold the lock)."""
         month = planned.month
         with worker.transaction() as cursor:
-            state = progress.month_states(cursor, month, month).get(month)
+            state = progress.month_states(cursor, month, month,
+                                          engine_schema=worker.settings.schema).get(month)
             if state is None:
                 return None
             previous_run = planned.previous.last_run_id if planned.previous else None
@@ -272,7 +275,8 @@ class MonthWork:
                 return "completed_meanwhile"
             if state.status == "in_progress":
                 closed = progress.close_abandoned_runs(
-                    cursor, month, "abandoned: its process stopped; taken over by a later run")
+                    cursor, month, "abandoned: its process stopped; taken over by a later run",
+                    engine_schema=worker.settings.schema)
                 runs = ", ".join(f"run {run} (pid {pid})" for run, pid in closed) or "no open run"
                 log.warning("%s was left in progress by %s, whose process is gone; taking it over",
                             month, runs)
@@ -289,9 +293,10 @@ class MonthWork:
                             attempts)
                 return False
             with worker.transaction() as cursor:
-                progress.close_abandoned_runs(cursor, month, str(error))
+                schema = worker.settings.schema
+                progress.close_abandoned_runs(cursor, month, str(error), engine_schema=schema)
                 progress.record_attempt(cursor, month, attempts=attempts, error=str(error),
-                                        kind=kind, final=final)
+                                        kind=kind, final=final, engine_schema=schema)
         except EngineError:
             worker.discard()
             log.warning("could not record the failure of %s", month, exc_info=True)

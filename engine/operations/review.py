@@ -23,7 +23,7 @@ from engine.month.reconcile import MonthResult, StepCallback, examine, reconcile
 from engine.month.session import Session, month_lock
 from engine.months import Month
 from engine.repairs import actions, causes, plans, undo
-from engine.store import db
+from engine.store import db, schema
 
 #: The columns each class shows in samples.
 SAMPLE_COLUMNS = {
@@ -122,7 +122,7 @@ def make_plan(session: Session, month: Month, *, fix: Iterable[str], version: st
     Writes nothing to the database."""
     fixes = actions.parse_fix(fix)
     with db.translated_errors(session.url), session.transaction() as cursor:
-        fingerprint = plans.fingerprint(cursor, month)
+        fingerprint = plans.fingerprint(cursor, month, engine_schema=session.engine_schema)
     found = examine(session, month, version).diff
     return plans.build(month, fixes, version, fingerprint, found.missing,
                           actions.plan_actions(found, fixes), tuple(m.name for m in session.models))
@@ -161,19 +161,21 @@ def undo_run(session: Session, run_id: int) -> UndoResult:
     record, before, inserted = undo.read_record(session.undo_dir, run_id)
     with db.translated_errors(session.url), month_lock(session, record.month):
         with session.transaction() as cursor:
-            _lock_run(cursor, record)
-            state = progress.month_states(cursor, record.month, record.month).get(record.month)
+            _lock_run(cursor, record, session.engine_schema)
+            state = progress.month_states(cursor, record.month, record.month,
+                                          engine_schema=session.engine_schema).get(record.month)
             undo_id = progress.start_run(cursor, record.month, "undo", record.formula,
-                                         {"undo_of": run_id})
+                                         {"undo_of": run_id}, engine_schema=session.engine_schema)
             restored = undo.restore(cursor, record, before, inserted)
             refreshed = summaries.refresh(cursor, record.month, record.summary_days)
-            undo.link(cursor, run_id, undo_id)
+            undo.link(cursor, run_id, undo_id, engine_schema=session.engine_schema)
             # The month is as before the run: its rows are missing again if it inserted any.
             status = "not_started" if restored.removed or state is None else state.status
             progress.finish(cursor, record.month, undo_id, run_status="verified",
                             month_status=status if status != "in_progress" else "not_started",
-                            rows=restored.to_dict())
-            cursor.execute(actions.RECORD, (undo_id, None, None, _json(refreshed.to_dict())))
+                            rows=restored.to_dict(), engine_schema=session.engine_schema)
+            cursor.execute(schema.sql(actions.RECORD, session.engine_schema),
+                           (undo_id, None, None, _json(refreshed.to_dict())))
         with session.transaction() as cursor:
             check = summaries.verify(cursor, record.month, record.summary_days)
     return UndoResult(run_id, undo_id, record.month, restored, check)
@@ -184,12 +186,12 @@ def check_undo(session: Session, run_id: int) -> None:
     nothing."""
     record, before, inserted = undo.read_record(session.undo_dir, run_id)
     with db.translated_errors(session.url), session.transaction() as cursor:
-        _lock_run(cursor, record)
+        _lock_run(cursor, record, session.engine_schema)
         undo.check(cursor, record, before, inserted)
 
 
-def _lock_run(cursor: db.Cursor, record: undo.UndoRecord) -> None:
-    run = undo.lock_run(cursor, record.run_id)
+def _lock_run(cursor: db.Cursor, record: undo.UndoRecord, engine_schema: str) -> None:
+    run = undo.lock_run(cursor, record.run_id, engine_schema=engine_schema)
     if run.month != str(record.month):
         raise UndoRefused(f"the undo record of run {record.run_id} is for {record.month}, "
                           f"the run for {run.month}")
@@ -197,7 +199,7 @@ def _lock_run(cursor: db.Cursor, record: undo.UndoRecord) -> None:
 
 # The runs of a backfill that wrote something and are not undone yet, newest first.
 BACKFILL_RUNS = """
-SELECT id FROM reconciliation_runs
+SELECT id FROM {engine}.reconciliation_runs
 WHERE backfill_id = $1 AND undone_by IS NULL AND status = ANY($2)
   AND coalesce((rows->>'inserted')::bigint, 0) + coalesce((rows->>'updated')::bigint, 0)
     + coalesce((rows->>'deleted')::bigint, 0) > 0
@@ -213,7 +215,7 @@ def undo_backfill(session: Session, backfill_id: int,
     process changes between the check and its undo still refuses; the runs undone before it
     stay undone, and the message says which.)"""
     with db.translated_errors(session.url), session.transaction() as cursor:
-        runs = [int(r[0]) for r in db.fetch_all(cursor, BACKFILL_RUNS,
+        runs = [int(r[0]) for r in db.fetch_all(cursor, schema.sql(BACKFILL_RUNS, session.engine_schema),
                                                 (backfill_id, list(undo.UNDOABLE)))]
     if not runs:
         raise UndoRefused(f"backfill {backfill_id} has no run left to undo (unknown, already "

@@ -30,6 +30,7 @@ from engine.operations.selection import Plan, PlannedMonth
 from engine.operations.throttle import ThrottleConfig
 from engine.store import db
 from engine.store.config import Settings
+from engine.store.schema import DEFAULT_SCHEMA
 
 log = logging.getLogger(__name__)
 
@@ -65,11 +66,12 @@ class ScheduledResult:
                 "exit_code": self.exit_code}
 
 
-def find_changes(cursor: db.Cursor) -> tuple[list[Change], dict[Month, progress.MonthState],
-                                             dict[Month, fingerprints.Fingerprint]]:
+def find_changes(cursor: db.Cursor, *, engine_schema: str = DEFAULT_SCHEMA
+                 ) -> tuple[list[Change], dict[Month, progress.MonthState],
+                            dict[Month, fingerprints.Fingerprint]]:
     """The months that are due, newest first, with the states and fingerprints read."""
     current = fingerprints.source_fingerprints(cursor, *_ALL)
-    states = progress.month_states(cursor, *_ALL)
+    states = progress.month_states(cursor, *_ALL, engine_schema=engine_schema)
     changes = []
     for month in sorted(current.keys() | states.keys(), reverse=True):
         state, now = states.get(month), current.get(month)
@@ -114,7 +116,7 @@ def run_scheduled(settings: Settings, *, url: str | None = None, jobs: int = 1,
         found: list[Change] = []
 
         def choose(cursor: db.Cursor) -> Plan:
-            changes, states, current = find_changes(cursor)
+            changes, states, current = find_changes(cursor, engine_schema=settings.schema)
             found.extend(changes)
             if on_changes:
                 on_changes(changes)

@@ -11,6 +11,7 @@ from engine.errors import InputError
 from engine.month import fingerprints, progress
 from engine.months import Month
 from engine.store import db
+from engine.store.schema import DEFAULT_SCHEMA
 
 ORDERS = ("plan", "newest", "oldest")
 
@@ -99,11 +100,12 @@ def select(candidates: dict[Month, int], states: dict[Month, progress.MonthState
 
 
 def build_plan(cursor: db.Cursor, *, first: Month | None, last: Month | None, order: str,
-               selection: frozenset[str]) -> Plan:
+               selection: frozenset[str], engine_schema: str = DEFAULT_SCHEMA) -> Plan:
     """The months from `first` to `last` (default: all) that have curtailment, selected by
     their progress status and ordered."""
     low, high = first or _WIDEST[0], last or _WIDEST[1]
     if high < low:
         raise InputError(f"the range {low}..{high} runs backwards")
     records = {m: f.records for m, f in fingerprints.source_fingerprints(cursor, low, high).items()}
-    return select(records, progress.month_states(cursor, low, high), selection, order)
+    return select(records, progress.month_states(cursor, low, high, engine_schema=engine_schema),
+                  selection, order)

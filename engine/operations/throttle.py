@@ -34,6 +34,12 @@ WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()
   AND datname = current_database() AND coalesce(application_name, '') NOT LIKE 'engine%'
 """
 
+# Without pg_read_all_stats (pg_monitor has it) pg_stat_activity hides other roles' state.
+SEES_ALL_SESSIONS = "SELECT pg_has_role(current_user, 'pg_read_all_stats', 'USAGE')"
+LIMITED_VIEW = ("note: the load-aware throttle sees only this role's own sessions (the role "
+                "lacks pg_read_all_stats, e.g. `GRANT pg_monitor TO …`): it judges the load by "
+                "those and by the merge's latency")
+
 _MIN_ROWS_FOR_LATENCY = 1_000
 _FIRST_PAUSE = 1.0  # seconds: the pause a first back-off sets when none was configured
 
@@ -88,6 +94,11 @@ def sample_load(cursor: db.Cursor, merge_seconds: float | None = None,
     if merge_seconds is not None and inserted >= _MIN_ROWS_FOR_LATENCY:
         latency = merge_seconds / (inserted / 1000)
     return LoadSample(int(active), int(waits), latency)
+
+
+def sees_all_sessions(cursor: db.Cursor) -> bool:
+    """True when this role may see every session's state in pg_stat_activity."""
+    return bool(db.fetch_all(cursor, SEES_ALL_SESSIONS)[0][0])
 
 
 class Throttle:

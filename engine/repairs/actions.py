@@ -66,7 +66,7 @@ FROM {STAGE} r WHERE c.id = r.id AND r.action = 'update'
 """
 DELETE = f"DELETE FROM {CALCULATIONS} c USING {STAGE} r WHERE c.id = r.id AND r.action = 'delete'"
 RECORD = """
-UPDATE reconciliation_runs SET causes = $2::jsonb, repairs = $3::jsonb, summaries = $4::jsonb
+UPDATE {engine}.reconciliation_runs SET causes = $2::jsonb, repairs = $3::jsonb, summaries = $4::jsonb
 WHERE id = $1
 """
 

@@ -24,6 +24,7 @@ from engine.formula import KEY
 from engine.months import Month
 from engine.repairs.actions import ACTIONS_SCHEMA
 from engine.store import db
+from engine.store.schema import DEFAULT_SCHEMA, sql
 
 METADATA_KEY = "engine_plan"
 FORMAT = 1
@@ -37,16 +38,16 @@ FROM curtailment_records WHERE settlement_date >= $1 AND settlement_date < $2
 DIFFICULTY_DIGEST = """
 SELECT count(*), coalesce(md5(string_agg(concat_ws('|', settlement_date, difficulty::text), ','
        ORDER BY settlement_date)), '')
-FROM bitcoin_difficulty WHERE settlement_date >= $1 AND settlement_date < $2
+FROM {engine}.bitcoin_difficulty WHERE settlement_date >= $1 AND settlement_date < $2
 """
 _COMPARED = ["action", "id", *KEY, "bitcoin_mined", "difficulty"]
 
 
-def fingerprint(cursor: db.Cursor, month: Month) -> str:
+def fingerprint(cursor: db.Cursor, month: Month, *, engine_schema: str = DEFAULT_SCHEMA) -> str:
     """`sha256:<hex>` of the month's curtailment records and difficulties, as they are now."""
     bounds = (month.first_day, month.next_first_day)
-    parts = [str(value) for sql in (SOURCE_DIGEST, DIFFICULTY_DIGEST)
-             for value in db.fetch_all(cursor, sql, bounds)[0]]
+    parts = [str(value) for statement in (SOURCE_DIGEST, sql(DIFFICULTY_DIGEST, engine_schema))
+             for value in db.fetch_all(cursor, statement, bounds)[0]]
     return "sha256:" + hashlib.sha256("/".join(parts).encode()).hexdigest()
 
 
@@ -135,8 +136,9 @@ def read(path: Path) -> RepairPlan:
                       tuple(meta.get("models", ())), meta["created_at"])
 
 
-def check_fingerprint(cursor: db.Cursor, plan: RepairPlan) -> None:
+def check_fingerprint(cursor: db.Cursor, plan: RepairPlan, *,
+                      engine_schema: str = DEFAULT_SCHEMA) -> None:
     """Raise `PlanOutdated` unless the month's source still has the plan's fingerprint."""
-    if (now := fingerprint(cursor, plan.month)) != plan.fingerprint:
+    if (now := fingerprint(cursor, plan.month, engine_schema=engine_schema)) != plan.fingerprint:
         raise PlanOutdated(f"the source of {plan.month} changed since the plan was made "
                            f"({plan.fingerprint[:19]}… then, {now[:19]}… now); make a new plan")

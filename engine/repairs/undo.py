@@ -33,7 +33,7 @@ from engine.formula import KEY
 from engine.months import Month
 from engine.store import db, schema
 from engine.store.paths import write_parquet
-from engine.store.schema import CALCULATIONS, KEY_COLUMNS
+from engine.store.schema import CALCULATIONS, DEFAULT_SCHEMA, KEY_COLUMNS, sql
 
 MANIFEST, BEFORE, INSERTED = "manifest.json", "before.parquet", "inserted.parquet"
 ROWS, KEYS = "engine_undo_rows", "engine_undo_inserted"
@@ -100,10 +100,10 @@ WHERE c.id IS NULL OR (c.settlement_date, c.settlement_period, c.farm_id, c.mine
       u.bitcoin_mined, u.difficulty, u.calculated_at)
 """
 RUN_ROW = """
-SELECT month, status, formula, undone_by, undo_of FROM reconciliation_runs WHERE id = $1 FOR UPDATE
+SELECT month, status, formula, undone_by, undo_of FROM {engine}.reconciliation_runs WHERE id = $1 FOR UPDATE
 """
 LINK = """
-UPDATE reconciliation_runs SET undone_by = CASE WHEN id = $1 THEN $2 END,
+UPDATE {engine}.reconciliation_runs SET undone_by = CASE WHEN id = $1 THEN $2 END,
     undo_of = CASE WHEN id = $2 THEN $1 ELSE undo_of END
 WHERE id IN ($1, $2)
 """
@@ -212,10 +212,10 @@ class RunRow:
     undo_of: int | None
 
 
-def lock_run(cursor: db.Cursor, run_id: int) -> RunRow:
+def lock_run(cursor: db.Cursor, run_id: int, *, engine_schema: str = DEFAULT_SCHEMA) -> RunRow:
     """The run's row, locked; raise `UndoRefused` when it is missing, already undone, an undo
     itself, or never committed its changes."""
-    rows = db.fetch_all(cursor, RUN_ROW, (run_id,))
+    rows = db.fetch_all(cursor, sql(RUN_ROW, engine_schema), (run_id,))
     if not rows:
         raise UndoRefused(f"there is no run {run_id}")
     run = RunRow(*rows[0])
@@ -228,8 +228,9 @@ def lock_run(cursor: db.Cursor, run_id: int) -> RunRow:
     return run
 
 
-def link(cursor: db.Cursor, run_id: int, undo_run_id: int) -> None:
-    cursor.execute(LINK, (run_id, undo_run_id))
+def link(cursor: db.Cursor, run_id: int, undo_run_id: int, *,
+         engine_schema: str = DEFAULT_SCHEMA) -> None:
+    cursor.execute(sql(LINK, engine_schema), (run_id, undo_run_id))
 
 
 @dataclass(frozen=True)

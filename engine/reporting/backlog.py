@@ -23,12 +23,13 @@ from engine.reporting.status import (
     recent_backfills,
 )
 from engine.store import db
+from engine.store.schema import DEFAULT_SCHEMA, sql
 
 # The measured cost of earlier months: seconds against expected and inserted rows.
 RECENT_RUNS = """
 SELECT (rows->>'expected')::bigint, (rows->>'inserted')::bigint,
        (SELECT sum(value::float8) FROM jsonb_each_text(timings))
-FROM reconciliation_runs
+FROM {engine}.reconciliation_runs
 WHERE status = 'verified' AND rows IS NOT NULL AND timings IS NOT NULL
 ORDER BY id DESC LIMIT 200
 """
@@ -36,30 +37,30 @@ ORDER BY id DESC LIMIT 200
 # The speed-up of the newest finished parallel backfill: Σ month seconds / wall seconds.
 PARALLEL_SPEEDUP = """
 SELECT b.jobs, extract(epoch FROM b.finished_at - b.started_at),
-       (SELECT sum(extract(epoch FROM r.finished_at - r.started_at)) FROM reconciliation_runs r
+       (SELECT sum(extract(epoch FROM r.finished_at - r.started_at)) FROM {engine}.reconciliation_runs r
         WHERE r.backfill_id = b.id AND r.finished_at IS NOT NULL)
-FROM reconciliation_backfills b
+FROM {engine}.reconciliation_backfills b
 WHERE b.jobs > 1 AND b.finished_at IS NOT NULL AND b.rows_inserted > 0
 ORDER BY b.id DESC LIMIT 1
 """
 
 DAYS_WITH_RUNS = """
-SELECT DISTINCT started_at::date FROM reconciliation_runs ORDER BY 1
+SELECT DISTINCT started_at::date FROM {engine}.reconciliation_runs ORDER BY 1
 """
 
 DAY_RUNS = """
 SELECT month, status, count(*), coalesce(sum((rows->>'inserted')::bigint), 0),
        coalesce(sum(extract(epoch FROM finished_at - started_at)), 0)
-FROM reconciliation_runs WHERE started_at::date = $1 GROUP BY 1, 2 ORDER BY 1, 2
+FROM {engine}.reconciliation_runs WHERE started_at::date = $1 GROUP BY 1, 2 ORDER BY 1, 2
 """
 
 DAY_FAILURES = """
-SELECT id, month, command, error FROM reconciliation_runs
+SELECT id, month, command, error FROM {engine}.reconciliation_runs
 WHERE started_at::date = $1 AND status IN ('failed', 'unverified') ORDER BY id
 """
 
 DAY_BACKFILLS = """
-SELECT id FROM reconciliation_backfills WHERE started_at::date = $1 ORDER BY id
+SELECT id FROM {engine}.reconciliation_backfills WHERE started_at::date = $1 ORDER BY id
 """
 
 
@@ -157,10 +158,11 @@ class DailySummary:
                 "backfills": [b.to_dict() for b in self.backfills]}
 
 
-def build_report(cursor: db.Cursor, models: Iterable[str], *, jobs: int = 3) -> BacklogReport:
+def build_report(cursor: db.Cursor, models: Iterable[str], *, jobs: int = 3,
+                 engine_schema: str = DEFAULT_SCHEMA) -> BacklogReport:
     """The remaining work, failures and an estimate at `jobs` months in parallel."""
     counts = day_counts(cursor, Month(2000, 1), Month(2100, 12), list(models))
-    lines = month_lines(cursor, counts)
+    lines = month_lines(cursor, counts, engine_schema=engine_schema)
     remaining = [ln for ln in lines if ln.coverage.missing or ln.status != "completed"]
     remaining.sort(key=lambda ln: (-ln.coverage.missing, ln.month))
     per_day: dict[date, Coverage] = {}
@@ -172,12 +174,15 @@ def build_report(cursor: db.Cursor, models: Iterable[str], *, jobs: int = 3) -> 
     failures = tuple(ln for ln in lines if ln.status == "failed")
     now = db.fetch_all(cursor, "SELECT now()")[0][0]
     return BacklogReport(now, overall, tuple(remaining), tuple(days), failures,
-                         estimate(cursor, remaining, jobs), tuple(recent_backfills(cursor, 5)))
+                         estimate(cursor, remaining, jobs, engine_schema=engine_schema),
+                         tuple(recent_backfills(cursor, 5, engine_schema=engine_schema)))
 
 
-def estimate(cursor: db.Cursor, remaining: list[MonthLine], jobs: int) -> Estimate:
+def estimate(cursor: db.Cursor, remaining: list[MonthLine], jobs: int, *,
+             engine_schema: str = DEFAULT_SCHEMA) -> Estimate:
     """Fit the cost of earlier runs and apply it to the `remaining` months."""
-    runs = [(float(e), float(i), float(s)) for e, i, s in db.fetch_all(cursor, RECENT_RUNS)
+    runs = [(float(e), float(i), float(s))
+            for e, i, s in db.fetch_all(cursor, sql(RECENT_RUNS, engine_schema))
             if e is not None and s is not None]
     a, b = _fit(runs)
     missing = sum(ln.coverage.missing for ln in remaining)
@@ -186,7 +191,7 @@ def estimate(cursor: db.Cursor, remaining: list[MonthLine], jobs: int) -> Estima
         sequential = sum(a * ln.coverage.expected + b * ln.coverage.missing for ln in remaining)
     speedup = 1.0
     if jobs > 1 and (
-            row := db.fetch_all(cursor, PARALLEL_SPEEDUP)):
+            row := db.fetch_all(cursor, sql(PARALLEL_SPEEDUP, engine_schema))):
         measured_jobs, wall, busy = row[0]
         if wall and busy:
             speedup = max(1.0, min(float(busy) / float(wall), float(measured_jobs), float(jobs)))
@@ -194,24 +199,29 @@ def estimate(cursor: db.Cursor, remaining: list[MonthLine], jobs: int) -> Estima
     return Estimate(missing, len(remaining), len(runs), a, b, sequential, jobs, speedup, seconds)
 
 
-def daily_summaries(cursor: db.Cursor, days: Iterable[date] | None = None) -> list[DailySummary]:
+def daily_summaries(cursor: db.Cursor, days: Iterable[date] | None = None, *,
+                    engine_schema: str = DEFAULT_SCHEMA) -> list[DailySummary]:
     """One summary per day in `days` (default: every day that has runs)."""
-    chosen = list(days) if days is not None else [r[0] for r in db.fetch_all(cursor, DAYS_WITH_RUNS)]
-    backfills = {b.id: b for b in recent_backfills(cursor, 10_000)}
+    chosen = list(days) if days is not None else [
+        r[0] for r in db.fetch_all(cursor, sql(DAYS_WITH_RUNS, engine_schema))]
+    backfills = {b.id: b for b in recent_backfills(cursor, 10_000, engine_schema=engine_schema)}
     summaries = []
     for day in chosen:
         runs = tuple(DayRuns(r[0], r[1], int(r[2]), int(r[3]), float(r[4]))
-                     for r in db.fetch_all(cursor, DAY_RUNS, (day,)))
-        failures = tuple((int(r[0]), r[1], r[2], r[3]) for r in db.fetch_all(cursor, DAY_FAILURES, (day,)))
-        ids = [int(r[0]) for r in db.fetch_all(cursor, DAY_BACKFILLS, (day,))] if backfills else []
+                     for r in db.fetch_all(cursor, sql(DAY_RUNS, engine_schema), (day,)))
+        failures = tuple((int(r[0]), r[1], r[2], r[3])
+                         for r in db.fetch_all(cursor, sql(DAY_FAILURES, engine_schema), (day,)))
+        ids = [int(r[0]) for r in db.fetch_all(cursor, sql(DAY_BACKFILLS, engine_schema), (day,))
+               ] if backfills else []
         summaries.append(DailySummary(day, runs, failures,
                                       tuple(backfills[i] for i in ids if i in backfills)))
     return summaries
 
 
-def todays_summary(cursor: db.Cursor) -> DailySummary:
+def todays_summary(cursor: db.Cursor, *, engine_schema: str = DEFAULT_SCHEMA) -> DailySummary:
     """The summary of today's runs (today as the database's clock and time zone have it)."""
-    return daily_summaries(cursor, [db.fetch_all(cursor, "SELECT current_date")[0][0]])[0]
+    return daily_summaries(cursor, [db.fetch_all(cursor, "SELECT current_date")[0][0]],
+                           engine_schema=engine_schema)[0]
 
 
 def _fit(runs: list[tuple[float, float, float]]) -> tuple[float, float]:

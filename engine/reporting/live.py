@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from engine.month import locks, progress
 from engine.months import Month
 from engine.store import db
+from engine.store.schema import DEFAULT_SCHEMA, sql
 
 if TYPE_CHECKING:  # annotations only: the live view imports no pipeline
     from engine.operations.retries import Event
@@ -29,16 +30,16 @@ SELECT b.id, b.command, b.status, extract(epoch FROM coalesce(b.finished_at, now
                AND l.classid = $1::int8::oid AND l.objid = (b.id % 2147483648)::int8::oid
                AND l.objsubid = 2
                AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()))
-FROM reconciliation_backfills b ORDER BY b.id DESC LIMIT 1
+FROM {engine}.reconciliation_backfills b ORDER BY b.id DESC LIMIT 1
 """
 
 BACKFILL_RUNS = """
 SELECT month, status, (rows->>'inserted')::bigint, extract(epoch FROM finished_at - started_at)
-FROM reconciliation_runs WHERE backfill_id = $1 AND finished_at IS NOT NULL ORDER BY id
+FROM {engine}.reconciliation_runs WHERE backfill_id = $1 AND finished_at IS NOT NULL ORDER BY id
 """
 
 RUNNING_SINCE = """
-SELECT month, extract(epoch FROM now() - started_at) FROM reconciliation_progress
+SELECT month, extract(epoch FROM now() - started_at) FROM {engine}.reconciliation_progress
 WHERE month = ANY($1) AND status = 'in_progress'
 """
 
@@ -177,22 +178,23 @@ class Tracker:
         self._recent = [*self._recent, line][-_RECENT:]
 
 
-def read_live(cursor: db.Cursor) -> LiveView | None:
+def read_live(cursor: db.Cursor, *, engine_schema: str = DEFAULT_SCHEMA) -> LiveView | None:
     """The newest backfill as the database shows it (None when there has been none)."""
-    rows = db.fetch_all(cursor, BACKFILL_ROW, (locks.BACKFILL_LOCK_CLASS,))
+    rows = db.fetch_all(cursor, sql(BACKFILL_ROW, engine_schema), (locks.BACKFILL_LOCK_CLASS,))
     if not rows:
         return None
     (backfill_id, command, status, elapsed, plan_text, verified, failed, skipped, inserted,
      retries, throttle_text, alive) = rows[0]
     plan = {m["month"]: max(int(m["records"]), 1) for m in json.loads(plan_text)}
-    runs = db.fetch_all(cursor, BACKFILL_RUNS, (int(backfill_id),))
+    runs = db.fetch_all(cursor, sql(BACKFILL_RUNS, engine_schema), (int(backfill_id),))
     finished = {r[0] for r in runs if r[1] in ("verified", "unverified", "failed")}
     running: tuple[Running, ...] = ()
     if alive and plan:  # a month is running while its lock is held
         months = sorted(Month.parse(m) for m in plan)
-        held = [str(m) for m, s in progress.month_states(cursor, months[0], months[-1]).items()
-                if s.locked and str(m) in plan]
-        since = {r[0]: float(r[1]) for r in db.fetch_all(cursor, RUNNING_SINCE, (held,))}
+        states = progress.month_states(cursor, months[0], months[-1], engine_schema=engine_schema)
+        held = [str(m) for m, s in states.items() if s.locked and str(m) in plan]
+        since = {r[0]: float(r[1])
+                 for r in db.fetch_all(cursor, sql(RUNNING_SINCE, engine_schema), (held,))}
         running = tuple(Running(m, "", since.get(m, 0.0)) for m in sorted(held))
     recent = tuple(f"{r[0]} {r[1]} · {int(r[2] or 0):,} inserted · {float(r[3] or 0):.2f} s"
                    for r in runs[-_RECENT:])

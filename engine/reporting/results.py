@@ -83,10 +83,18 @@ def demo_summary(result: DemoResult) -> str:
 
 
 def init_summary(result: InitResult) -> str:
-    lines = [
+    lines = [f"engine schema: {result.engine_schema}"]
+    lines.extend(f"moved: {line}" for line in result.moved)
+    lines.extend([
         "created tables: " + (", ".join(result.created_tables) or "none (all present)"),
-        "created indexes: " + (", ".join(result.created_indexes) or "none (all present)"),
-    ]
+        "created indexes: " + (", ".join(result.created_indexes) or "none"),
+    ])
+    lines.extend(f"not the engine's: {found.describe()}" for found in result.foreign)
+    lines.extend(f"note: {note}" for note in result.notes)
+    lines.extend(f"proposed: {statement}" for statement in result.proposed)
+    if result.proposed:
+        lines.append("  (`engine db init --create-indexes` runs the proposed statements; "
+                     "the engine works without them)")
     if result.unique_key == "blocked":
         lines.append(
             f"the unique key index could not be built: {result.duplicate_keys:,} key(s) are "
@@ -101,10 +109,13 @@ def init_summary(result: InitResult) -> str:
 
 
 def server_summary(status: ServerStatus) -> str:
+    where = f"embedded PostgreSQL in {status.pgdata}"
+    if status.location:
+        where += (f" (the cluster of {status.location}, which the server's user cannot reach; "
+                  "its binaries are copied under /var/tmp)")
     if not status.running:
-        return f"embedded PostgreSQL in {status.pgdata}: not running"
-    return (f"embedded PostgreSQL in {status.pgdata}: running (pid {status.pid}) "
-            f"on 127.0.0.1:{status.port}\nurl: {status.url}")
+        return f"{where}: not running"
+    return f"{where}: running (pid {status.pid}) on 127.0.0.1:{status.port}\nurl: {status.url}"
 
 
 def difficulty_summary(result: DifficultyLoad) -> str:

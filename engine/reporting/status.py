@@ -18,7 +18,7 @@ from typing import Any
 from engine.month import locks, progress
 from engine.months import Month, periods_in_day
 from engine.store import db
-from engine.store.schema import CALCULATIONS
+from engine.store.schema import CALCULATIONS, DEFAULT_SCHEMA, sql
 
 # One row per (date, model): expected keys and how many of them are present.
 DAY_COUNTS = f"""
@@ -38,11 +38,11 @@ GROUP BY 1, 2 ORDER BY 1, 2
 
 LAST_RUN = """
 SELECT id, month, command, status, started_at, finished_at, error
-FROM reconciliation_runs ORDER BY id DESC LIMIT 1
+FROM {engine}.reconciliation_runs ORDER BY id DESC LIMIT 1
 """
 LAST_RUN_OF_MONTH = """
 SELECT id, month, command, status, started_at, finished_at, error
-FROM reconciliation_runs WHERE month = $1 ORDER BY id DESC LIMIT 1
+FROM {engine}.reconciliation_runs WHERE month = $1 ORDER BY id DESC LIMIT 1
 """
 
 BACKFILLS = """
@@ -52,7 +52,7 @@ SELECT b.id, b.command, b.status, b.started_at, b.finished_at, jsonb_array_lengt
                AND l.classid = $1::int8::oid AND l.objid = (b.id % 2147483648)::int8::oid
                AND l.objsubid = 2
                AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()))
-FROM reconciliation_backfills b ORDER BY b.id DESC LIMIT $2
+FROM {engine}.reconciliation_backfills b ORDER BY b.id DESC LIMIT $2
 """
 
 #: Month states as `engine status` names them (plan selections use missing/running).
@@ -239,10 +239,12 @@ def month_coverage(counts: Iterable[DayCount]) -> dict[Month, Coverage]:
     return dict(totals)
 
 
-def month_lines(cursor: db.Cursor, counts: list[DayCount]) -> list[MonthLine]:
+def month_lines(cursor: db.Cursor, counts: list[DayCount], *,
+                engine_schema: str = DEFAULT_SCHEMA) -> list[MonthLine]:
     """One line per month that has curtailment or a progress row, oldest first."""
     coverage = month_coverage(counts)
-    states = progress.month_states(cursor, Month(2000, 1), Month(2100, 12))
+    states = progress.month_states(cursor, Month(2000, 1), Month(2100, 12),
+                                   engine_schema=engine_schema)
     lines = []
     for month in sorted(coverage.keys() | states.keys()):
         state = states.get(month)
@@ -254,7 +256,8 @@ def month_lines(cursor: db.Cursor, counts: list[DayCount]) -> list[MonthLine]:
     return lines
 
 
-def get_status(cursor: db.Cursor, models: Iterable[str]) -> Status:
+def get_status(cursor: db.Cursor, models: Iterable[str], *,
+               engine_schema: str = DEFAULT_SCHEMA) -> Status:
     """The whole picture; one pass over the source and the calculations (≈1.5 s at 1.5M rows)."""
     names = tuple(models)
     counts = day_counts(cursor, Month(2000, 1), Month(2100, 12), names)
@@ -263,17 +266,19 @@ def get_status(cursor: db.Cursor, models: Iterable[str]) -> Status:
     for count in counts:
         by_year[str(count.day.year)] += count.coverage
         by_model[count.model] += count.coverage
-    lines = month_lines(cursor, counts)
+    lines = month_lines(cursor, counts, engine_schema=engine_schema)
     by_status: dict[str, int] = {}
     for line in lines:
         by_status[line.status] = by_status.get(line.status, 0) + 1
-    backfills = recent_backfills(cursor, 1)
+    backfills = recent_backfills(cursor, 1, engine_schema=engine_schema)
     return Status(_now(cursor), names, sum(by_model.values(), NONE) if names else NONE,
                   dict(sorted(by_year.items())), by_model, dict(sorted(by_status.items())),
-                  tuple(lines), last_run(cursor), backfills[0] if backfills else None)
+                  tuple(lines), last_run(cursor, engine_schema=engine_schema),
+                  backfills[0] if backfills else None)
 
 
-def get_month_status(cursor: db.Cursor, month: Month, models: Iterable[str]) -> MonthStatus:
+def get_month_status(cursor: db.Cursor, month: Month, models: Iterable[str], *,
+                     engine_schema: str = DEFAULT_SCHEMA) -> MonthStatus:
     """The month by day: expected, present and missing per model, incomplete days first."""
     names = tuple(sorted(models))
     counts = day_counts(cursor, month, month, names)
@@ -284,9 +289,10 @@ def get_month_status(cursor: db.Cursor, month: Month, models: Iterable[str]) -> 
                     {m: cov[m].present for m in names}) for day, cov in per_day.items()]
     days.sort(key=lambda d: (d.complete, -sum(d.missing.values()), d.day))
     by_model = {m: sum((c.coverage for c in counts if c.model == m), NONE) for m in names}
-    line = next((ln for ln in month_lines(cursor, counts) if ln.month == month),
-                MonthLine(month, "not_started", NONE))
-    return MonthStatus(month, _now(cursor), line, by_model, tuple(days), last_run(cursor, month))
+    line = next((ln for ln in month_lines(cursor, counts, engine_schema=engine_schema)
+                 if ln.month == month), MonthLine(month, "not_started", NONE))
+    return MonthStatus(month, _now(cursor), line, by_model, tuple(days),
+                       last_run(cursor, month, engine_schema=engine_schema))
 
 
 def missing_rows(cursor: db.Cursor, months: Iterable[Month], models: Iterable[str]) -> dict[Month, int]:
@@ -296,16 +302,18 @@ def missing_rows(cursor: db.Cursor, months: Iterable[Month], models: Iterable[st
             for month in months}
 
 
-def last_run(cursor: db.Cursor, month: Month | None = None) -> RunInfo | None:
+def last_run(cursor: db.Cursor, month: Month | None = None, *,
+             engine_schema: str = DEFAULT_SCHEMA) -> RunInfo | None:
     if month is None:
-        rows = db.fetch_all(cursor, LAST_RUN)
+        rows = db.fetch_all(cursor, sql(LAST_RUN, engine_schema))
     else:
-        rows = db.fetch_all(cursor, LAST_RUN_OF_MONTH, (str(month),))
+        rows = db.fetch_all(cursor, sql(LAST_RUN_OF_MONTH, engine_schema), (str(month),))
     return RunInfo(*rows[0]) if rows else None
 
 
-def recent_backfills(cursor: db.Cursor, limit: int = 5) -> list[BackfillInfo]:
-    rows = db.fetch_all(cursor, BACKFILLS, (locks.BACKFILL_LOCK_CLASS, limit))
+def recent_backfills(cursor: db.Cursor, limit: int = 5, *,
+                     engine_schema: str = DEFAULT_SCHEMA) -> list[BackfillInfo]:
+    rows = db.fetch_all(cursor, sql(BACKFILLS, engine_schema), (locks.BACKFILL_LOCK_CLASS, limit))
     return [BackfillInfo(int(r[0]), r[1], r[2], r[3], r[4], int(r[5]), int(r[6]), int(r[7]),
                          int(r[8]), int(r[9]), int(r[10]), int(r[11]), bool(r[12])) for r in rows]
 

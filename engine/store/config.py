@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -11,6 +12,8 @@ from pathlib import Path
 
 from engine.errors import InputError
 from engine.reference import REFERENCE_DIR
+
+_SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
 
 @dataclass(frozen=True)
@@ -29,19 +32,24 @@ class Settings:
     miner_models_file: Path = REFERENCE_DIR / "miner_models.toml"
     lock_timeout_ms: int = 5_000
     statement_timeout_ms: int = 300_000
+    # The schema of the engine's own tables (a plain lower-case identifier; see store.schema).
+    schema: str = "engine"
     # A Slack-compatible incoming webhook; its URL is a secret, so it stays out of repr().
     alert_webhook: str | None = field(default=None, repr=False)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
-        """Read `ENGINE_DATABASE_URL`, `ENGINE_DATA_DIR`, `ENGINE_MINER_MODELS`,
-        `ENGINE_LOCK_TIMEOUT_MS` and `ENGINE_STATEMENT_TIMEOUT_MS`; `overrides` win."""
+        """Read `ENGINE_DATABASE_URL`, `ENGINE_DATA_DIR`, `ENGINE_SCHEMA`, `ENGINE_MINER_MODELS`,
+        `ENGINE_LOCK_TIMEOUT_MS` and `ENGINE_STATEMENT_TIMEOUT_MS`; `overrides` win.
+        Raises `InputError` for a value that cannot be used."""
         env = os.environ if environ is None else environ
         values: dict[str, object] = {}
         if url := env.get("ENGINE_DATABASE_URL"):
             values["database_url"] = url
         if data_dir := env.get("ENGINE_DATA_DIR"):
             values["data_dir"] = Path(data_dir)
+        if name := env.get("ENGINE_SCHEMA"):
+            values["schema"] = name
         if models := env.get("ENGINE_MINER_MODELS"):
             values["miner_models_file"] = Path(models)
         for name, key in (("ENGINE_LOCK_TIMEOUT_MS", "lock_timeout_ms"),
@@ -54,10 +62,27 @@ class Settings:
                 raise InputError("ENGINE_ALERT_WEBHOOK must be an http:// or https:// URL")
             values["alert_webhook"] = webhook
         values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)  # type: ignore[arg-type]
+        settings = cls(**values)  # type: ignore[arg-type]
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        """Raise `InputError` for a setting that cannot be used (a bad schema name)."""
+        check_schema_name(self.schema)
 
     def with_(self, **changes: object) -> Settings:
         return replace(self, **changes)  # type: ignore[arg-type]
+
+
+def check_schema_name(name: str) -> str:
+    """Return `name` if it is a plain lower-case identifier fit for the engine's schema;
+    raise `InputError` otherwise (it ends up in SQL text, so nothing else is accepted)."""
+    if not _SCHEMA_NAME.fullmatch(name) or name.startswith("pg_") or name in (
+            "public", "information_schema"):
+        raise InputError(
+            f"ENGINE_SCHEMA={name!r} is not usable: give a lower-case identifier "
+            "(letters, digits, _; not public, information_schema or pg_…)")
+    return name
 
 
 def _positive_int(name: str, text: str) -> int:

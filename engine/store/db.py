@@ -138,6 +138,33 @@ def translate(error: adbc_driver_manager.Error, url: str) -> EngineError:
         return TransientDatabaseError(f"{mask_url(url)}: {message} (SQLSTATE {state})")
     if state in ("42P01", "42703"):
         return SchemaError(f"{message}; run `engine db init`")
+    if state == "42501":  # insufficient privilege: name the object, the role and the GRANT
+        import os
+        import re
+
+        parts = urlsplit(url)
+        role = parts.username or os.environ.get("PGUSER") or "the connecting role"
+        text = str(error)  # the server's message may follow the driver's first line
+        found = re.search(r"permission denied for (table|sequence|schema|database|relation) "
+                          r"\"?([\w.$-]+)\"?", text)
+        owner = re.search(r"must be owner of (\w+) \"?([\w.$-]+)\"?", text)
+        if owner:
+            return SchemaError(f"permission denied on {owner[1]} {owner[2]} for role {role}: only "
+                               "its owner may do this")
+        if not found:
+            return SchemaError(f"permission denied for role {role}: {message}")
+        kind, name = ("table" if found[1] == "relation" else found[1]), found[2]
+        grant = {
+            "sequence": f"GRANT USAGE ON SEQUENCE {name} TO {role}",
+            "schema": f"GRANT USAGE, CREATE ON SCHEMA {name} TO {role}",
+            "database": f"GRANT CONNECT, CREATE ON DATABASE {name} TO {role}",
+        }.get(kind)
+        if grant is None:  # a table: the source is only read, the rest is written
+            rights = "SELECT" if name.split(".")[-1] == "curtailment_records" else (
+                "SELECT, INSERT, UPDATE, DELETE")
+            grant = f"GRANT {rights} ON {name} TO {role}"
+        return SchemaError(f"permission denied on {kind} {name} for role {role}: "
+                           f"`{grant}` (see README, Connecting to production)")
     if isinstance(error, adbc_driver_manager.OperationalError) and not state:
         return DatabaseUnavailable(f"lost the connection to {mask_url(url)}: {message}")
     return EngineError(f"database error: {message} (SQLSTATE {state or 'none'})")

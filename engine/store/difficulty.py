@@ -13,6 +13,7 @@ import polars as pl
 
 from engine.errors import InputError
 from engine.store import db
+from engine.store.schema import DEFAULT_SCHEMA, sql
 
 SCHEMA = pl.Schema([("settlement_date", pl.Date()), ("difficulty", pl.Decimal(38, 10))])
 
@@ -22,7 +23,7 @@ CREATE TEMPORARY TABLE engine_difficulty_stage (
 ) ON COMMIT DROP
 """
 UPSERT = """
-INSERT INTO bitcoin_difficulty (settlement_date, difficulty)
+INSERT INTO {engine}.bitcoin_difficulty (settlement_date, difficulty)
 SELECT settlement_date, difficulty FROM engine_difficulty_stage
 ON CONFLICT (settlement_date) DO UPDATE SET difficulty = excluded.difficulty
 WHERE bitcoin_difficulty.difficulty IS DISTINCT FROM excluded.difficulty
@@ -74,14 +75,14 @@ def read_difficulty_file(path: Path) -> pl.DataFrame:
 
 
 def load_difficulty(conn: db.Connection, frame: pl.DataFrame, *, lock_timeout_ms: int,
-                    statement_timeout_ms: int) -> DifficultyLoad:
+                    statement_timeout_ms: int, engine_schema: str = DEFAULT_SCHEMA) -> DifficultyLoad:
     """Insert new dates and update changed values in one transaction."""
     with db.transaction(conn, lock_timeout_ms=lock_timeout_ms,
                         statement_timeout_ms=statement_timeout_ms) as cursor:
         cursor.execute(CREATE_STAGE)
         cursor.adbc_ingest("engine_difficulty_stage", frame.to_arrow(), mode="append",
                            temporary=True)
-        cursor.execute(UPSERT)
+        cursor.execute(sql(UPSERT, engine_schema))
         flags = [row[0] for row in cursor.fetchall()]
     dates = frame["settlement_date"]
     return DifficultyLoad(frame.height, sum(flags), len(flags) - sum(flags),

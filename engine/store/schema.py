@@ -1,27 +1,55 @@
-"""The database schema: idempotent creation, the key index, and a check of what exists."""
+"""The database schema: `engine db init` (the engine's schema and tables, what it finds that
+is not its own, the production tables and their indexes) and the check every session makes.
+
+The names (the schema, the tables, `sql` to qualify a statement) are in `engine.store.names`
+and are re-exported here; `ownership` tells the engine's tables from others, `indexes`
+creates or proposes the production tables' indexes.
+"""
 
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
-from importlib.resources import files
+from dataclasses import asdict, dataclass, field
 
-from engine.store import db
+from engine.errors import SchemaError
+from engine.store import db, ownership
+from engine.store.indexes import (
+    CREATE_KEY_INDEX,
+    CREATE_LOOKUP_INDEX,
+    CREATE_SOURCE_DATE_INDEX,
+    IndexPlan,
+    has_source_date_index,
+    has_unique_key,
+)
+from engine.store.names import (
+    CALCULATIONS,
+    DEFAULT_SCHEMA,
+    ENGINE_TABLES,
+    KEY_COLUMNS,
+    KEY_INDEX,
+    LOOKUP_INDEX,
+    PLACEHOLDER,
+    PRODUCTION_TABLES,
+    SOURCE_DATE_INDEX,
+    TABLES,
+    check_name,
+    mark,
+    quoted,
+    sections,
+    sql,
+    table,
+)
+from engine.store.ownership import FoundTable
+
+__all__ = [
+    "CALCULATIONS", "CREATE_KEY_INDEX", "CREATE_LOOKUP_INDEX", "CREATE_SOURCE_DATE_INDEX",
+    "DEFAULT_SCHEMA", "ENGINE_TABLES", "KEY_COLUMNS", "KEY_INDEX", "LOOKUP_INDEX", "PLACEHOLDER",
+    "PRODUCTION_TABLES", "REQUIRED_COLUMNS", "SOURCE_DATE_INDEX", "TABLES", "FoundTable",
+    "InitResult", "check_name", "check_schema", "has_source_date_index", "has_unique_key",
+    "init_schema", "mark", "quoted", "sections", "sql", "table",
+]
 
 log = logging.getLogger(__name__)
-
-CALCULATIONS = "historical_bitcoin_calculations"
-KEY_COLUMNS = ("settlement_date", "settlement_period", "farm_id", "miner_model")
-KEY_INDEX = "historical_bitcoin_calculations_key"
-# Used for the month's range reads while duplicates keep the unique index from being built.
-LOOKUP_INDEX = "historical_bitcoin_calculations_key_lookup"
-SOURCE_DATE_INDEX = "curtailment_records_settlement_date_idx"
-
-TABLES = (
-    "curtailment_records", CALCULATIONS, "bitcoin_daily_summaries", "bitcoin_monthly_summaries",
-    "bitcoin_yearly_summaries", "bitcoin_difficulty", "reconciliation_runs",
-    "reconciliation_progress", "reconciliation_backfills",
-)
 
 REQUIRED_COLUMNS = {
     "curtailment_records": {"id", "settlement_date", "settlement_period", "farm_id", "volume"},
@@ -29,130 +57,151 @@ REQUIRED_COLUMNS = {
     "bitcoin_difficulty": {"settlement_date", "difficulty"},
     # The engine's own tables, with the newest columns it writes (`engine db init` adds them).
     "reconciliation_runs": {"backfill_id", "causes", "repairs", "summaries", "undo_of", "undone_by"},
-    "reconciliation_progress": {"source_records", "last_error_kind", "last_error_at", "retries"},
+    "reconciliation_progress": {"month", "source_records", "last_error_kind", "last_error_at",
+                                "retries"},
     "reconciliation_backfills": {"id", "throttle"},
 }
 
-_EXISTING_TABLES = """
-SELECT table_name::text FROM information_schema.tables
-WHERE table_schema = current_schema() AND table_name = ANY($1)
+_SCHEMA_EXISTS = "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)"
+_CURRENT_SCHEMA = "SELECT current_schema()::text"
+# The columns of a table as a query names it (resolved through the search_path).
+_COLUMNS = """
+SELECT a.attname::text FROM pg_attribute a
+WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped
 """
-_EXISTING_COLUMNS = """
-SELECT table_name::text, column_name::text FROM information_schema.columns
-WHERE table_schema = current_schema() AND table_name = ANY($1)
-"""
-_VALID_INDEX = """
-SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
-WHERE c.relname = $1 AND c.relnamespace = current_schema()::regnamespace
-"""
-_DUPLICATES = f"""
-SELECT count(*), coalesce(sum(n - 1), 0) FROM (
-    SELECT count(*) AS n FROM {CALCULATIONS}
-    GROUP BY {", ".join(KEY_COLUMNS)} HAVING count(*) > 1
-) d
-"""
-# CONCURRENTLY: building an index on a live production table must not block its writers.
-_CREATE_KEY_INDEX = (
-    f"CREATE UNIQUE INDEX CONCURRENTLY {KEY_INDEX} ON {CALCULATIONS} ({', '.join(KEY_COLUMNS)})"
-)
-_CREATE_LOOKUP_INDEX = (
-    f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {LOOKUP_INDEX} "
-    f"ON {CALCULATIONS} ({', '.join(KEY_COLUMNS)})"
-)
-_CREATE_SOURCE_DATE_INDEX = (
-    f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {SOURCE_DATE_INDEX} "
-    "ON curtailment_records (settlement_date)"
-)
+_RESOLVES = "SELECT to_regclass($1) IS NOT NULL"
 
 
 @dataclass(frozen=True)
 class InitResult:
-    """What `init_schema` found and did. `unique_key` is `present`, `created` or `blocked`."""
+    """What `init_schema` found and did.
+
+    `unique_key` is `present`, `created`, `blocked` (duplicates; the lookup index instead) or
+    `missing` (not asked to create it, or not allowed to: `proposed` and `notes` say which).
+    `moved` lists the tables of an earlier layout moved into the schema, `foreign` the tables
+    under names the engine uses that are not its own (left alone), `proposed` the statements
+    `--create-indexes` would run.
+    """
 
     created_tables: tuple[str, ...]
     created_indexes: tuple[str, ...]
     unique_key: str
     duplicate_keys: int = 0
     surplus_rows: int = 0
+    engine_schema: str = DEFAULT_SCHEMA
+    moved: tuple[str, ...] = ()
+    foreign: tuple[FoundTable, ...] = ()
+    proposed: tuple[str, ...] = ()
+    notes: tuple[str, ...] = field(default=())
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
 
 
-def init_schema(url: str) -> InitResult:
-    """Create every missing table and index; never drop or rewrite data.
+def init_schema(url: str, *, engine_schema: str = DEFAULT_SCHEMA, own_database: bool = False,
+                create_indexes: bool = False, create_tables: bool = False) -> InitResult:
+    """Create the engine's schema and its missing tables; never drop or rewrite data.
 
-    Where duplicate keys prevent the unique index, count them and build a plain lookup index
-    instead (`unique_key == "blocked"`); the load then guards against duplicates with a lock.
+    - Tables an earlier version created in `public`, proven the engine's by their columns, are
+      moved into the schema with their rows (`moved`); other tables under the engine's names
+      are reported (`foreign`) and left alone.
+    - The production tables are created only where missing and `own_database` (the embedded
+      server, the demo) or `create_tables`; otherwise a missing one raises `SchemaError`.
+    - Indexes on the production tables (the unique key, the source's date) are created when
+      `create_indexes`, `own_database`, or the engine created the table; otherwise they are
+      `proposed`. Where duplicate keys prevent the unique index, they are counted and a plain
+      lookup index is built instead (`unique_key == "blocked"`); the load then guards
+      against duplicates with a lock. A role that may not create an index gets a note.
+
+    Raises `InputError` for a bad schema name, `SchemaError` when something the engine needs
+    is missing or is not its own, `DatabaseUnavailable` when the database cannot be reached.
     """
+    check_name(engine_schema)
+    created: list[str] = []
     with db.connect(url, autocommit=True) as conn, db.translated_errors(url), conn.cursor() as cursor:
-        before = _existing_tables(cursor)
-        cursor.executescript(files("engine.store").joinpath("schema.sql").read_text())
-        check_schema(cursor)
-        created_indexes = []
-        if not _index_valid(cursor, SOURCE_DATE_INDEX):
-            _build_index(cursor, SOURCE_DATE_INDEX, _CREATE_SOURCE_DATE_INDEX)
-            created_indexes.append(SOURCE_DATE_INDEX)
-        unique_key, duplicates, surplus = _ensure_key_index(cursor, created_indexes)
+        shapes = ownership.engine_shapes(url, engine_schema)
+        survey = ownership.survey(cursor)
+        home = db.fetch_all(cursor, _CURRENT_SCHEMA)[0][0] or "public"
+        mine = {(s, n) for s, n, comment, *_ in survey if comment == mark(n)}
+        absent = [n for n in PRODUCTION_TABLES if not db.fetch_all(cursor, _RESOLVES, (n,))[0][0]]
+        if absent and not (own_database or create_tables):
+            raise SchemaError(
+                f"table(s) {', '.join(absent)} missing: the engine creates production tables only "
+                "on its embedded server; check that ENGINE_DATABASE_URL names the production "
+                "database (its search_path included), or create them with "
+                "`engine db init --create-tables`")
+        if not db.fetch_all(cursor, _SCHEMA_EXISTS, (engine_schema,))[0][0]:
+            cursor.execute(f"CREATE SCHEMA {quoted(engine_schema)}")
+            log.info("created schema %s", engine_schema)
+        moved_from, moved = ownership.move_earlier_layout(cursor, survey, shapes, engine_schema, home, mine)
+        statements = sections(engine_schema)
+        for name in ENGINE_TABLES:
+            if (engine_schema, name) in mine:
+                continue
+            if any(s == engine_schema and n == name for s, n, *_ in survey):
+                raise SchemaError(
+                    f"{engine_schema}.{name} exists but is not the engine's (it has no "
+                    f"'{mark(name)}' comment); the engine leaves it alone: set ENGINE_SCHEMA to "
+                    "another schema")
+            _create(cursor, statements[name], f"{quoted(engine_schema)}.{name}", name)
+            created.append(f"{engine_schema}.{name}")
+        owned_production = set()
+        for name in PRODUCTION_TABLES:
+            if name in absent:
+                _create(cursor, statements[name], name, name)
+                created.append(name)
+                owned_production.add(name)
+            elif (home, name) in mine:
+                owned_production.add(name)
+        if created or moved or _lacks_columns(cursor, engine_schema):
+            cursor.executescript(statements["upgrade"])
+        check_schema(cursor, engine_schema)
+        foreign = ownership.foreign(cursor, survey, engine_schema, mine | moved_from)
+        indexes = IndexPlan(cursor, allowed=create_indexes or own_database)
+        indexes.source_date(allowed_here=CALCULATIONS in owned_production
+                            or "curtailment_records" in owned_production)
+        unique_key, duplicates, surplus = indexes.unique_key(
+            allowed_here=CALCULATIONS in owned_production)
     return InitResult(
-        created_tables=tuple(t for t in TABLES if t not in before),
-        created_indexes=tuple(created_indexes),
+        created_tables=tuple(created),
+        created_indexes=tuple(indexes.created),
         unique_key=unique_key,
         duplicate_keys=duplicates,
         surplus_rows=surplus,
+        engine_schema=engine_schema,
+        moved=tuple(moved),
+        foreign=tuple(foreign),
+        proposed=tuple(indexes.proposed),
+        notes=tuple(indexes.notes),
     )
 
 
-def check_schema(cursor: db.Cursor) -> None:
+def check_schema(cursor: db.Cursor, engine_schema: str = DEFAULT_SCHEMA) -> None:
     """Raise `SchemaError` naming every missing table or column the engine reads or writes."""
-    from engine.errors import SchemaError
-
-    tables = list(REQUIRED_COLUMNS)
-    present: dict[str, set[str]] = {t: set() for t in tables}
-    for table, column in db.fetch_all(cursor, _EXISTING_COLUMNS, (tables,)):
-        present[table].add(column)
     problems = []
-    for table, needed in REQUIRED_COLUMNS.items():
-        if not present[table]:
-            problems.append(f"table {table} is missing")
-        elif missing := needed - present[table]:
-            problems.append(f"{table} lacks column(s) {', '.join(sorted(missing))}")
+    for name, needed in REQUIRED_COLUMNS.items():
+        qualified = f"{quoted(engine_schema)}.{name}" if name in ENGINE_TABLES else name
+        shown = f"{engine_schema}.{name}" if name in ENGINE_TABLES else name
+        present = {row[0] for row in db.fetch_all(cursor, _COLUMNS, (qualified,))}
+        if not present:
+            problems.append(f"table {shown} is missing")
+        elif missing := needed - present:
+            problems.append(f"{shown} lacks column(s) {', '.join(sorted(missing))}")
     if problems:
         raise SchemaError("; ".join(problems) + "; run `engine db init`")
 
 
-def has_unique_key(cursor: db.Cursor) -> bool:
-    """True when the unique index on the calculations key exists and is valid."""
-    return _index_valid(cursor, KEY_INDEX)
+
+def _create(cursor: db.Cursor, statement: str, qualified: str, name: str) -> None:
+    cursor.executescript(statement)
+    cursor.execute(f"COMMENT ON TABLE {qualified} IS '{mark(name)}'")
+    log.info("created table %s", qualified)
 
 
-def _ensure_key_index(cursor: db.Cursor, created: list[str]) -> tuple[str, int, int]:
-    if _index_valid(cursor, KEY_INDEX):
-        return "present", 0, 0
-    duplicates, surplus = (int(v) for v in db.fetch_all(cursor, _DUPLICATES)[0])
-    if duplicates == 0:
-        _build_index(cursor, KEY_INDEX, _CREATE_KEY_INDEX)
-        created.append(KEY_INDEX)
-        # The unique index serves every lookup the plain one did.
-        cursor.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {LOOKUP_INDEX}")
-        return "created", 0, 0
-    log.warning("%d duplicated keys (%d surplus rows) prevent the unique index", duplicates, surplus)
-    if not _index_valid(cursor, LOOKUP_INDEX):
-        _build_index(cursor, LOOKUP_INDEX, _CREATE_LOOKUP_INDEX)
-        created.append(LOOKUP_INDEX)
-    return "blocked", duplicates, surplus
+def _lacks_columns(cursor: db.Cursor, engine_schema: str) -> bool:
+    for name in ENGINE_TABLES:
+        present = {r[0] for r in db.fetch_all(cursor, _COLUMNS, (f"{quoted(engine_schema)}.{name}",))}
+        if present and REQUIRED_COLUMNS.get(name, set()) - present:
+            return True
+    return False
 
-
-def _build_index(cursor: db.Cursor, name: str, statement: str) -> None:
-    # A failed concurrent build leaves an invalid index behind; it is ours to drop.
-    cursor.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {name}")
-    cursor.execute(statement)
-
-
-def _index_valid(cursor: db.Cursor, name: str) -> bool:
-    rows = db.fetch_all(cursor, _VALID_INDEX, (name,))
-    return bool(rows and rows[0][0])
-
-
-def _existing_tables(cursor: db.Cursor) -> set[str]:
-    return {row[0] for row in db.fetch_all(cursor, _EXISTING_TABLES, (list(TABLES),))}

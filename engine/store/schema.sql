@@ -1,7 +1,13 @@
--- Idempotent: creates what is missing, never drops or rewrites anything.
+-- The tables, one section each (`-- table: NAME`). `engine db init` creates a table only
+-- where it is missing, marks it as the engine's with a table comment, and never drops or
+-- rewrites anything. `{engine}` is the engine's own schema (validated and quoted by
+-- engine.store.schema.sql).
 
--- The production tables, as production has them.
-CREATE TABLE IF NOT EXISTS curtailment_records (
+-- The production tables, as production has them: created only on a database the engine owns
+-- (the embedded one, the demo's) or when asked to.
+
+-- table: curtailment_records
+CREATE TABLE curtailment_records (
     id serial PRIMARY KEY,
     settlement_date date NOT NULL,
     settlement_period integer NOT NULL,
@@ -16,7 +22,8 @@ CREATE TABLE IF NOT EXISTS curtailment_records (
     created_at timestamp DEFAULT now()
 );
 
-CREATE TABLE IF NOT EXISTS historical_bitcoin_calculations (
+-- table: historical_bitcoin_calculations
+CREATE TABLE historical_bitcoin_calculations (
     id serial PRIMARY KEY,
     settlement_date date NOT NULL,
     settlement_period integer NOT NULL,
@@ -27,7 +34,8 @@ CREATE TABLE IF NOT EXISTS historical_bitcoin_calculations (
     calculated_at timestamp DEFAULT now()
 );
 
-CREATE TABLE IF NOT EXISTS bitcoin_daily_summaries (
+-- table: bitcoin_daily_summaries
+CREATE TABLE bitcoin_daily_summaries (
     id serial PRIMARY KEY,
     summary_date date NOT NULL,
     miner_model text NOT NULL,
@@ -36,7 +44,8 @@ CREATE TABLE IF NOT EXISTS bitcoin_daily_summaries (
     updated_at timestamp DEFAULT now()
 );
 
-CREATE TABLE IF NOT EXISTS bitcoin_monthly_summaries (
+-- table: bitcoin_monthly_summaries
+CREATE TABLE bitcoin_monthly_summaries (
     id serial PRIMARY KEY,
     year_month text NOT NULL,
     miner_model text NOT NULL,
@@ -45,7 +54,8 @@ CREATE TABLE IF NOT EXISTS bitcoin_monthly_summaries (
     updated_at timestamp DEFAULT now()
 );
 
-CREATE TABLE IF NOT EXISTS bitcoin_yearly_summaries (
+-- table: bitcoin_yearly_summaries
+CREATE TABLE bitcoin_yearly_summaries (
     id serial PRIMARY KEY,
     year text NOT NULL,
     miner_model text NOT NULL,
@@ -54,13 +64,16 @@ CREATE TABLE IF NOT EXISTS bitcoin_yearly_summaries (
     updated_at timestamp DEFAULT now()
 );
 
--- The engine's own tables.
-CREATE TABLE IF NOT EXISTS bitcoin_difficulty (
+-- The engine's own tables, in its own schema.
+
+-- table: bitcoin_difficulty
+CREATE TABLE {engine}.bitcoin_difficulty (
     settlement_date date PRIMARY KEY,
     difficulty numeric NOT NULL
 );
 
-CREATE TABLE IF NOT EXISTS reconciliation_runs (
+-- table: reconciliation_runs
+CREATE TABLE {engine}.reconciliation_runs (
     id bigserial PRIMARY KEY,
     month text NOT NULL,
     command text NOT NULL,
@@ -79,7 +92,8 @@ CREATE TABLE IF NOT EXISTS reconciliation_runs (
     finished_at timestamptz
 );
 
-CREATE TABLE IF NOT EXISTS reconciliation_progress (
+-- table: reconciliation_progress
+CREATE TABLE {engine}.reconciliation_progress (
     month text PRIMARY KEY,
     status text NOT NULL
         CHECK (status IN ('not_started', 'in_progress', 'completed', 'failed', 'interrupted')),
@@ -99,8 +113,9 @@ CREATE TABLE IF NOT EXISTS reconciliation_progress (
     updated_at timestamptz NOT NULL DEFAULT now()
 );
 
+-- table: reconciliation_backfills
 -- One row per `engine run` / `engine scheduled`: its plan, counts and throttle decisions.
-CREATE TABLE IF NOT EXISTS reconciliation_backfills (
+CREATE TABLE {engine}.reconciliation_backfills (
     id bigserial PRIMARY KEY,
     command text NOT NULL,
     status text NOT NULL CHECK (status IN ('running', 'completed', 'failed', 'interrupted')),
@@ -121,46 +136,48 @@ CREATE TABLE IF NOT EXISTS reconciliation_backfills (
     updated_at timestamptz NOT NULL DEFAULT now()
 );
 
--- Columns of the run and progress tables added since the first release; `ADD COLUMN IF NOT
--- EXISTS` brings a database initialised by it up to date.
+-- upgrade
+-- Columns and indexes of the run and progress tables added since the first release; `ADD
+-- COLUMN IF NOT EXISTS` brings a table created by it (or moved from `public`) up to date. Run
+-- after the engine created or moved one of its tables, or when one lacks a column.
 -- The backfill a run belongs to.
-ALTER TABLE reconciliation_runs ADD COLUMN IF NOT EXISTS backfill_id bigint;
-CREATE INDEX IF NOT EXISTS reconciliation_runs_backfill_idx ON reconciliation_runs (backfill_id);
-CREATE INDEX IF NOT EXISTS reconciliation_runs_started_idx ON reconciliation_runs (started_at);
+ALTER TABLE {engine}.reconciliation_runs ADD COLUMN IF NOT EXISTS backfill_id bigint;
+CREATE INDEX IF NOT EXISTS reconciliation_runs_backfill_idx ON {engine}.reconciliation_runs (backfill_id);
+CREATE INDEX IF NOT EXISTS reconciliation_runs_started_idx ON {engine}.reconciliation_runs (started_at);
 -- What the source held when the month was last verified: the scheduled job compares it.
-ALTER TABLE reconciliation_progress ADD COLUMN IF NOT EXISTS source_records bigint;
-ALTER TABLE reconciliation_progress ADD COLUMN IF NOT EXISTS source_max_id bigint;
-ALTER TABLE reconciliation_progress ADD COLUMN IF NOT EXISTS source_max_created_at timestamp;
-ALTER TABLE reconciliation_progress ADD COLUMN IF NOT EXISTS source_volume numeric;
+ALTER TABLE {engine}.reconciliation_progress ADD COLUMN IF NOT EXISTS source_records bigint;
+ALTER TABLE {engine}.reconciliation_progress ADD COLUMN IF NOT EXISTS source_max_id bigint;
+ALTER TABLE {engine}.reconciliation_progress ADD COLUMN IF NOT EXISTS source_max_created_at timestamp;
+ALTER TABLE {engine}.reconciliation_progress ADD COLUMN IF NOT EXISTS source_volume numeric;
 -- transient | data | schema | input | error | verification: what kind `last_error` was.
-ALTER TABLE reconciliation_progress ADD COLUMN IF NOT EXISTS last_error_kind text;
-ALTER TABLE reconciliation_progress ADD COLUMN IF NOT EXISTS last_error_at timestamptz;
-ALTER TABLE reconciliation_progress ADD COLUMN IF NOT EXISTS retries integer NOT NULL DEFAULT 0;
+ALTER TABLE {engine}.reconciliation_progress ADD COLUMN IF NOT EXISTS last_error_kind text;
+ALTER TABLE {engine}.reconciliation_progress ADD COLUMN IF NOT EXISTS last_error_at timestamptz;
+ALTER TABLE {engine}.reconciliation_progress ADD COLUMN IF NOT EXISTS retries integer NOT NULL DEFAULT 0;
 
 -- Causes of drift, repairs, summaries refreshed, and undo, per run.
-ALTER TABLE reconciliation_runs ADD COLUMN IF NOT EXISTS causes jsonb;
-ALTER TABLE reconciliation_runs ADD COLUMN IF NOT EXISTS repairs jsonb;
-ALTER TABLE reconciliation_runs ADD COLUMN IF NOT EXISTS summaries jsonb;
+ALTER TABLE {engine}.reconciliation_runs ADD COLUMN IF NOT EXISTS causes jsonb;
+ALTER TABLE {engine}.reconciliation_runs ADD COLUMN IF NOT EXISTS repairs jsonb;
+ALTER TABLE {engine}.reconciliation_runs ADD COLUMN IF NOT EXISTS summaries jsonb;
 -- An undo is a run of its own (command 'undo') that names the run it undid, and that run
 -- names it back; a run is undone at most once.
-ALTER TABLE reconciliation_runs ADD COLUMN IF NOT EXISTS undo_of bigint;
-ALTER TABLE reconciliation_runs ADD COLUMN IF NOT EXISTS undone_by bigint;
+ALTER TABLE {engine}.reconciliation_runs ADD COLUMN IF NOT EXISTS undo_of bigint;
+ALTER TABLE {engine}.reconciliation_runs ADD COLUMN IF NOT EXISTS undone_by bigint;
 
 -- A run or a month stopped by a signal is `interrupted` (added later): widen the status checks
 -- of tables created before, once.
 DO $$
 BEGIN
     IF EXISTS (SELECT 1 FROM pg_constraint WHERE conname = 'reconciliation_runs_status_check'
-               AND conrelid = 'reconciliation_runs'::regclass
+               AND conrelid = '{engine}.reconciliation_runs'::regclass
                AND pg_get_constraintdef(oid) NOT LIKE '%interrupted%') THEN
-        ALTER TABLE reconciliation_runs DROP CONSTRAINT reconciliation_runs_status_check,
+        ALTER TABLE {engine}.reconciliation_runs DROP CONSTRAINT reconciliation_runs_status_check,
             ADD CONSTRAINT reconciliation_runs_status_check CHECK (status IN ('running', 'loaded',
                 'verified', 'unverified', 'failed', 'nothing_to_do', 'interrupted'));
     END IF;
     IF EXISTS (SELECT 1 FROM pg_constraint WHERE conname = 'reconciliation_progress_status_check'
-               AND conrelid = 'reconciliation_progress'::regclass
+               AND conrelid = '{engine}.reconciliation_progress'::regclass
                AND pg_get_constraintdef(oid) NOT LIKE '%interrupted%') THEN
-        ALTER TABLE reconciliation_progress DROP CONSTRAINT reconciliation_progress_status_check,
+        ALTER TABLE {engine}.reconciliation_progress DROP CONSTRAINT reconciliation_progress_status_check,
             ADD CONSTRAINT reconciliation_progress_status_check CHECK (status IN ('not_started',
                 'in_progress', 'completed', 'failed', 'interrupted'));
     END IF;
