@@ -12,7 +12,7 @@ import typer
 
 from engine.cli.common import JsonOption, app, emit, err, handled, resolve_database
 from engine.cli.month import FormulaOption
-from engine.errors import InputError
+from engine.errors import InputError, quoted
 from engine.months import Month
 from engine.store.config import Settings
 
@@ -80,9 +80,9 @@ def run(
     from engine.reporting import status_text
 
     if order not in ORDERS:
-        raise InputError(f"--order must be one of {', '.join(ORDERS)}, not {order!r}")
+        raise InputError(f"--order must be one of {', '.join(ORDERS)}, not {quoted(order)}")
     if formula not in FORMULAS:
-        raise InputError(f"--formula must be one of {', '.join(FORMULAS)}, not {formula!r}")
+        raise InputError(f"--formula must be one of {', '.join(FORMULAS)}, not {quoted(formula)}")
     fixes = parse_fix(fix)
     request = BackfillRequest(
         first=Month.parse(first) if first else None, last=Month.parse(last) if last else None,

@@ -11,7 +11,7 @@ import typer
 
 from engine.cli.backfill import write_summary_files
 from engine.cli.common import JsonOption, app, emit, err, handled, resolve_database
-from engine.errors import InputError
+from engine.errors import InputError, quoted
 from engine.months import Month
 from engine.store.config import Settings
 
@@ -87,7 +87,7 @@ def report(
 
     chosen = "json" if as_json else format
     if chosen not in FORMATS:
-        raise InputError(f"--format must be one of {', '.join(FORMATS)}, not {format!r}")
+        raise InputError(f"--format must be one of {', '.join(FORMATS)}, not {quoted(format)}")
     settings = Settings.from_env()
     url = resolve_database(settings)
     with open_session(settings, url) as session, session.transaction() as cursor:

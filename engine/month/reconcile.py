@@ -22,7 +22,7 @@ from typing import Any
 import polars as pl
 
 from engine import formula
-from engine.errors import EngineError, InputError, PlanOutdated, SourceDataError
+from engine.errors import EngineError, InputError, PlanOutdated, SourceDataError, quoted
 from engine.month import diff, extract, load, progress, summaries, verify
 from engine.month.session import Session, month_lock
 from engine.months import Month
@@ -129,7 +129,7 @@ class _Job:
         if plan is not None:
             version, fix = plan.formula, plan.fix
         if version not in formula.FORMULAS:
-            raise InputError(f"formula {version!r} is not one of {', '.join(formula.FORMULAS)}")
+            raise InputError(f"formula {quoted(version)} is not one of {', '.join(formula.FORMULAS)}")
         fixes = fix if isinstance(fix, frozenset) else actions.parse_fix(fix)
         return cls(dry_run, version, command, fixes, plan)
 
@@ -152,7 +152,7 @@ def examine(session: Session, month: Month, version: str, *,
     database. Raises `InputError` for an unknown formula, `SourceDataError` for bad source rows
     or missing difficulty."""
     if version not in formula.FORMULAS:
-        raise InputError(f"formula {version!r} is not one of {', '.join(formula.FORMULAS)}")
+        raise InputError(f"formula {quoted(version)} is not one of {', '.join(formula.FORMULAS)}")
     steps = steps or _Steps(month, None)
     layout = session.layout
     with db.translated_errors(session.url):

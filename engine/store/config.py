@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from engine.errors import InputError
+from engine.errors import InputError, quoted
 from engine.reference import REFERENCE_DIR
 
 
@@ -64,7 +64,7 @@ def _positive_int(name: str, text: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise InputError(f"{name}={text!r} is not a whole number") from None
+        raise InputError(f"{name}={quoted(text)} is not a whole number") from None
     if value <= 0:
         raise InputError(f"{name} must be positive, not {value}")
     return value
@@ -88,7 +88,7 @@ def load_miner_models(path: Path) -> tuple[MinerModel, ...]:
     for name, spec in raw.items():
         if not isinstance(spec, dict) or set(spec) != _MODEL_KEYS:
             raise InputError(
-                f"miner model {name!r} in {path} must have exactly the keys "
+                f"miner model {quoted(name)} in {path} must have exactly the keys "
                 f"{', '.join(sorted(_MODEL_KEYS))}"
             )
         numbers = {key: spec[key] for key in _MODEL_KEYS}
@@ -96,7 +96,7 @@ def load_miner_models(path: Path) -> tuple[MinerModel, ...]:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
                 math.isfinite(value) and value > 0
             ):
-                raise InputError(f"miner model {name!r}: {key} must be a positive number")
+                raise InputError(f"miner model {quoted(name)}: {key} must be a positive number")
         models.append(MinerModel(name, float(numbers["hashrate_th"]), float(numbers["power_w"])))
     if not models:
         raise InputError(f"miner models file {path} defines no model")
