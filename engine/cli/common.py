@@ -89,7 +89,8 @@ def resolve_database(settings: Settings) -> str:
     """The URL to use; says where the embedded server is when that is the one."""
     from engine.store import db
 
-    url = db.resolve_url(settings.database_url, settings.data_dir)
+    url = db.resolve_url(settings.database_url, settings.data_dir,
+                         connect_timeout_s=settings.connect_timeout_s)
     if settings.database_url is None:
         err.print(f"using the embedded PostgreSQL in {settings.data_dir / 'postgres'} "
                   f"({db.mask_url(url)})", markup=False)

@@ -17,7 +17,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 from engine.errors import EngineError, InputError
 from engine.month import locks
@@ -121,7 +121,7 @@ def with_application_name(url: str, name: str) -> str:
     query = parse_qsl(parts.query)
     if any(key == "application_name" for key, _ in query):
         return url
-    return urlunsplit(parts._replace(query=urlencode([*query, ("application_name", name)])))
+    return urlunsplit(parts._replace(query=urlencode([*query, ("application_name", name)], quote_via=quote)))
 
 
 def run_backfill(settings: Settings, request: BackfillRequest, *, url: str | None = None,
@@ -138,7 +138,8 @@ def run_backfill(settings: Settings, request: BackfillRequest, *, url: str | Non
     """
     if request.jobs < 1:
         raise InputError(f"--jobs must be at least 1, not {request.jobs}")
-    url = with_application_name(url or db.resolve_url(settings.database_url, settings.data_dir),
+    url = with_application_name(url or db.resolve_url(settings.database_url, settings.data_dir,
+                                                      connect_timeout_s=settings.connect_timeout_s),
                                 f"engine-{request.command}")
     emit = on_event or (lambda event: None)
     with open_session(settings, url) as control, db.translated_errors(url):

@@ -99,7 +99,8 @@ def run_scheduled(settings: Settings, *, url: str | None = None, jobs: int = 1,
                   on_event: EventCallback | None = None, alerter: Alerter | None = None,
                   on_changes: Callable[[list[Change]], None] | None = None) -> ScheduledResult:
     """Reconcile the months that are due. Raises what `run_backfill` raises before starting."""
-    url = with_application_name(url or db.resolve_url(settings.database_url, settings.data_dir),
+    url = with_application_name(url or db.resolve_url(settings.database_url, settings.data_dir,
+                                                      connect_timeout_s=settings.connect_timeout_s),
                                 "engine-scheduled")
     with db.connect(url) as conn, db.translated_errors(url):
         with conn.cursor() as cursor:

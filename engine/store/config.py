@@ -29,13 +29,17 @@ class Settings:
     miner_models_file: Path = REFERENCE_DIR / "miner_models.toml"
     lock_timeout_ms: int = 5_000
     statement_timeout_ms: int = 300_000
+    # libpq's connect_timeout for every connection (ADBC and connectorx); None: the URL's own
+    # `connect_timeout`, else 10 s.
+    connect_timeout_s: float | None = None
     # A Slack-compatible incoming webhook; its URL is a secret, so it stays out of repr().
     alert_webhook: str | None = field(default=None, repr=False)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
         """Read `ENGINE_DATABASE_URL`, `ENGINE_DATA_DIR`, `ENGINE_MINER_MODELS`,
-        `ENGINE_LOCK_TIMEOUT_MS` and `ENGINE_STATEMENT_TIMEOUT_MS`; `overrides` win."""
+        `ENGINE_LOCK_TIMEOUT_MS`, `ENGINE_STATEMENT_TIMEOUT_MS` and
+        `ENGINE_CONNECT_TIMEOUT_S`; `overrides` win."""
         env = os.environ if environ is None else environ
         values: dict[str, object] = {}
         if url := env.get("ENGINE_DATABASE_URL"):
@@ -48,6 +52,9 @@ class Settings:
                           ("ENGINE_STATEMENT_TIMEOUT_MS", "statement_timeout_ms")):
             if name in env:
                 values[key] = _positive_int(name, env[name])
+        if "ENGINE_CONNECT_TIMEOUT_S" in env:
+            values["connect_timeout_s"] = _seconds("ENGINE_CONNECT_TIMEOUT_S",
+                                                   env["ENGINE_CONNECT_TIMEOUT_S"])
         # ENGINE_ALERT_WEBHOOK: where alerts are posted (engine.alerts).
         if webhook := env.get("ENGINE_ALERT_WEBHOOK"):
             if not webhook.startswith(("http://", "https://")):
@@ -67,6 +74,16 @@ def _positive_int(name: str, text: str) -> int:
         raise InputError(f"{name}={quoted(text)} is not a whole number") from None
     if value <= 0:
         raise InputError(f"{name} must be positive, not {value}")
+    return value
+
+
+def _seconds(name: str, text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise InputError(f"{name}={quoted(text)} is not a number of seconds") from None
+    if not (math.isfinite(value) and 0 < value <= 3600):
+        raise InputError(f"{name} must be more than 0 and at most 3600 seconds, not {quoted(text)}")
     return value
 
 
