@@ -31,7 +31,7 @@ SPECIAL_PASSWORD = "p@ss:w/o?r#d %zz@end"  # every character a URL gives a meani
 
 
 class _Silent(http.server.BaseHTTPRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the base's name
+    def log_message(self, format: str, *args: object) -> None:
         pass
 
 
@@ -162,7 +162,7 @@ def test_a_password_with_an_at_sign_never_reaches_the_message_through_the_host(t
     and the error would print it."""
     url = "postgresql://someone:head@tail-of-secret@nowhere.invalid:5432/engine"
 
-    done, seconds = run("status", url=url, data_dir=tmp_path, ENGINE_CONNECT_TIMEOUT_S="2")
+    done, _ = run("status", url=url, data_dir=tmp_path, ENGINE_CONNECT_TIMEOUT_S="2")
 
     message = one_line(done)
     assert "tail-of-secret" not in message and "head" not in message

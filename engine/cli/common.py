@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -53,6 +54,13 @@ err = _Stderr()
 _state = {"debug": False}
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+def finite(value: float | None) -> float | None:
+    """A typer callback: refuse `inf` and `nan`, which `float()` accepts, at parse time."""
+    if value is not None and not math.isfinite(value):
+        raise typer.BadParameter(f"must be a finite number, not {value}")
+    return value
 JsonOption = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
 
 
@@ -85,12 +93,13 @@ def main_options(
     _state["debug"] = debug
 
 
-def resolve_database(settings: Settings) -> str:
-    """The URL to use; says where the embedded server is when that is the one."""
+def resolve_database(settings: Settings, *, create: bool = True) -> str:
+    """The URL to use; says where the embedded server is when that is the one. Commands that
+    only read pass `create=False`: they refuse rather than create an embedded cluster."""
     from engine.store import db
 
     url = db.resolve_url(settings.database_url, settings.data_dir,
-                         connect_timeout_s=settings.connect_timeout_s)
+                         connect_timeout_s=settings.connect_timeout_s, create=create)
     if settings.database_url is None:
         err.print(f"using the embedded PostgreSQL in {settings.data_dir / 'postgres'} "
                   f"({db.mask_url(url)})", markup=False)

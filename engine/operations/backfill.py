@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
-from engine.errors import EngineError, InputError
+from engine.errors import EngineError, EnvironmentProblem, InputError
 from engine.month import locks
 from engine.month.session import Session, open_session
 from engine.months import Month
@@ -97,10 +97,13 @@ class BackfillResult:
 
     @property
     def exit_code(self) -> int:
-        """2 a month failed on its data (or schema), 1 a verification failed, 75 (EX_TEMPFAIL)
-        a month still failed on transient errors after every retry, else 0. (An interrupted
-        run raises KeyboardInterrupt: the CLI exits 130.)"""
+        """74 (EX_IOERR) a month failed on the machine (a full or read-only disk), 2 on its
+        data (or schema), 1 a verification failed, 75 (EX_TEMPFAIL) a month still failed on
+        transient errors after every retry, else 0. (An interrupted run raises
+        KeyboardInterrupt: the CLI exits 130.)"""
         failed = {o.error_kind for o in self.outcomes if o.status == "failed"}
+        if "environment" in failed:
+            return EnvironmentProblem.exit_code
         if failed - {"transient"}:
             return 2
         if any(o.status == "unverified" for o in self.outcomes):

@@ -20,7 +20,14 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.errors import DatabaseUnavailable, EngineError, InputError, SchemaError, SourceDataError
+from engine.errors import (
+    DatabaseUnavailable,
+    EngineError,
+    EnvironmentProblem,
+    InputError,
+    SchemaError,
+    SourceDataError,
+)
 from engine.month import fingerprints, locks, progress
 from engine.month.reconcile import MonthResult, reconcile_month
 from engine.month.session import Session, open_session
@@ -293,6 +300,8 @@ class MonthWork:
 
 
 def _error_kind(error: EngineError) -> str:
+    if isinstance(error, EnvironmentProblem):
+        return "environment"
     if isinstance(error, SourceDataError):
         return "data"
     if isinstance(error, SchemaError):
