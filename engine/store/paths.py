@@ -141,7 +141,7 @@ def check_input(path: Path, what: str, *, max_bytes: int | None = None) -> int:
     try:
         info = os.stat(path)
     except FileNotFoundError:
-        raise InputError(f"{what} {path} does not exist") from None
+        raise InputError(f"cannot read {what} {path}: it does not exist") from None
     except OSError as error:
         raise InputError(f"cannot read {what} {path}: {error.strerror or error}") from None
     if stat.S_ISDIR(info.st_mode):
