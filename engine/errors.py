@@ -21,6 +21,14 @@ def quoted(text: object, limit: int = QUOTE_LIMIT) -> str:
     return f"{text[:limit]!r}… ({len(text):,} characters)"
 
 
+def shown_path(path: object, limit: int = QUOTE_LIMIT) -> str:
+    """A path for an error message: whole when short, else its start and end around `…`."""
+    text = str(path)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit // 2]}…{text[-(limit // 2):]} ({len(text):,} characters)"
+
+
 class EngineError(Exception):
     """A failure the user can act on; `str(error)` is the one line the CLI prints."""
 

@@ -282,3 +282,12 @@ def test_undo_of_an_undo_and_of_a_run_that_does_not_exist_say_so(database_url, t
 
     assert f"run {undo_id} is an undo (of run {run_id})" in of_undo
     assert unknown == "error: there is no run 999999\n"
+
+
+def test_a_huge_path_is_quoted_in_a_few_dozen_characters(database_url, tmp_path):
+    huge = str(tmp_path / ("p" * 100_000))
+
+    for args in (("difficulty", "load", huge), ("plan", "2023-12", "-o", huge), ("apply", huge),
+                 ("report", "--html", huge)):
+        message = one_line_error(engine(*args, url=database_url, data_dir=tmp_path / "data"))
+        assert len(message) < 300 and "100,0" in message, (args[0], message[:300])

@@ -74,13 +74,23 @@ def handled(command: F) -> F:
         except EngineError as error:
             if _state["debug"]:
                 raise
-            err.print(f"error: {error}", markup=False)
+            err.print(f"error: {_one_line(str(error))}", markup=False)
             raise typer.Exit(error.exit_code) from None
         except KeyboardInterrupt:
             err.print("interrupted", markup=False)
             raise typer.Exit(130) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+#: The longest error line printed; messages quote what was typed in a few dozen characters,
+#: so only a bug or a driver's message could reach it.
+ERROR_LIMIT = 2000
+
+
+def _one_line(message: str) -> str:
+    line = " ".join(message.split("\n"))
+    return line if len(line) <= ERROR_LIMIT else line[:ERROR_LIMIT] + "…"
 
 
 @app.callback()

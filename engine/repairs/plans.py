@@ -19,7 +19,7 @@ from typing import Any
 import polars as pl
 import pyarrow.parquet as pq
 
-from engine.errors import InputError, PlanOutdated, quoted
+from engine.errors import InputError, PlanOutdated, quoted, shown_path
 from engine.formula import KEY
 from engine.months import Month
 from engine.repairs.actions import ACTIONS_SCHEMA
@@ -122,24 +122,24 @@ def read(path: Path) -> RepairPlan:
         table = pq.read_table(path)
     except Exception as error:  # pyarrow raises several types for a file that is not Parquet
         reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
-        raise InputError(f"{path} is not a plan file: {reason}") from None
+        raise InputError(f"{shown_path(path)} is not a plan file: {reason}") from None
     raw = (table.schema.metadata or {}).get(METADATA_KEY.encode())
     if raw is None:
-        raise InputError(f"{path} is not a plan file (no {METADATA_KEY} metadata); make one with "
+        raise InputError(f"{shown_path(path)} is not a plan file (no {METADATA_KEY} metadata); make one with "
                          "`engine plan`")
     meta = _metadata(path, raw)
     rows = pl.from_arrow(table)
     assert isinstance(rows, pl.DataFrame)
     if set(rows.columns) != set(ACTIONS_SCHEMA.names()):
-        raise InputError(f"{path} does not have the columns of a plan")
+        raise InputError(f"{shown_path(path)} does not have the columns of a plan")
     try:
         rows = rows.select(ACTIONS_SCHEMA.names()).cast(ACTIONS_SCHEMA)
     except pl.exceptions.PolarsError:
-        raise InputError(f"{path} has columns of the wrong types for a plan") from None
+        raise InputError(f"{shown_path(path)} has columns of the wrong types for a plan") from None
     try:
         month = Month.parse(meta["month"])
     except InputError as error:
-        raise InputError(f"{path}: the plan's {error}") from None
+        raise InputError(f"{shown_path(path)}: the plan's {error}") from None
     return RepairPlan(month, tuple(meta["fix"]), meta["formula"], meta["fingerprint"], rows,
                       tuple(meta["models"]), meta["created_at"])
 
@@ -156,22 +156,24 @@ def _metadata(path: Path, raw: bytes) -> dict[str, Any]:
     try:
         meta = json.loads(raw)
     except (ValueError, RecursionError):
-        raise InputError(f"{path} has plan metadata that is not valid JSON; make a new plan") from None
+        raise InputError(f"{shown_path(path)} has plan metadata that is not valid JSON; "
+                         "make a new plan") from None
     if not isinstance(meta, dict):
-        raise InputError(f"{path} has plan metadata that is not a JSON object; make a new plan")
+        raise InputError(f"{shown_path(path)} has plan metadata that is not a JSON object; "
+                         "make a new plan")
     if meta.get("format") != FORMAT:
-        raise InputError(f"{path} is a plan of format {quoted(meta.get('format'), 20)}; "
+        raise InputError(f"{shown_path(path)} is a plan of format {quoted(meta.get('format'), 20)}; "
                          f"this engine reads {FORMAT}")
     for key, kind in _META_TYPES.items():
         if not isinstance(meta.get(key), kind):
             problem = ("lacks" if key not in meta
                        else f"has {quoted(meta[key], 20)} ({_JSON_NAMES.get(type(meta[key]), 'null')}) as")
-            raise InputError(f"{path} {problem} its {key!r}, which must be "
+            raise InputError(f"{shown_path(path)} {problem} its {key!r}, which must be "
                              f"{_JSON_NAMES[kind]}; make a new plan")
     meta.setdefault("models", [])
     for key in ("fix", "models"):
         if not isinstance(meta[key], list) or not all(isinstance(v, str) for v in meta[key]):
-            raise InputError(f"{path} has a {key!r} that is not a list of names; make a new plan")
+            raise InputError(f"{shown_path(path)} has a {key!r} that is not a list of names; make a new plan")
     return meta
 
 

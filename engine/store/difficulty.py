@@ -22,7 +22,7 @@ from typing import Any
 
 import polars as pl
 
-from engine.errors import InputError, quoted
+from engine.errors import InputError, quoted, shown_path
 from engine.store import db
 from engine.store.paths import check_input, file_kind
 
@@ -133,10 +133,10 @@ def read_difficulty_file(path: Path, *, dates: DateRange | None = None,
     for raw_date, raw_value in pairs:
         day = _parse_date(path, raw_date, dates)
         if day in seen:
-            raise InputError(f"{path}: date {day} is given twice")
+            raise InputError(f"{shown_path(path)}: date {day} is given twice")
         seen[day] = _parse_value(path, day, raw_value)
     if not seen:
-        raise InputError(f"{path} holds no difficulty")
+        raise InputError(f"{shown_path(path)} holds no difficulty")
     days = sorted(seen)
     return pl.DataFrame({"settlement_date": days, "difficulty": [seen[d] for d in days]},
                         schema=SCHEMA)
@@ -174,21 +174,21 @@ def _read_text(path: Path, max_bytes: int) -> str:
     try:
         handle = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except OSError as error:
-        raise InputError(f"cannot read {path}: {error.strerror or error}") from None
+        raise InputError(f"cannot read {shown_path(path)}: {error.strerror or error}") from None
     with os.fdopen(handle, "rb") as stream:
         mode = os.fstat(stream.fileno()).st_mode
         if not stat.S_ISREG(mode):
-            raise InputError(f"{path} is a special file ({file_kind(mode)}), not a regular file")
+            raise InputError(f"{shown_path(path)} is a special file ({file_kind(mode)}), not a regular file")
         try:
             data = stream.read(max_bytes + 1)
         except OSError as error:
-            raise InputError(f"cannot read {path}: {error.strerror or error}") from None
+            raise InputError(f"cannot read {shown_path(path)}: {error.strerror or error}") from None
     if len(data) > max_bytes:
-        raise InputError(f"{path} is more than the limit of {max_bytes:,} bytes")
+        raise InputError(f"{shown_path(path)} is more than the limit of {max_bytes:,} bytes")
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as error:
-        raise InputError(f"{path} is not UTF-8 text (byte {error.start:,} is invalid)") from None
+        raise InputError(f"{shown_path(path)} is not UTF-8 text (byte {error.start:,} is invalid)") from None
 
 
 class _Object(list[tuple[str, Any]]):
@@ -200,28 +200,28 @@ def _json_pairs(path: Path, text: str) -> list[tuple[str, object]]:
         seen: set[str] = set()
         for key, _ in items:
             if key in seen:
-                raise InputError(f"{path}: key {quoted(key, 30)} is given twice")
+                raise InputError(f"{shown_path(path)}: key {quoted(key, 30)} is given twice")
             seen.add(key)
         return _Object(items)
 
     def number(text: str) -> Decimal:
         if len(text) > MAX_FIELD:
-            raise InputError(f"{path}: a number of {len(text):,} characters is no difficulty")
+            raise InputError(f"{shown_path(path)}: a number of {len(text):,} characters is no difficulty")
         return Decimal(text)
 
     def constant(name: str) -> None:
-        raise InputError(f"{path}: {name} is not a difficulty")
+        raise InputError(f"{shown_path(path)}: {name} is not a difficulty")
 
     try:
         data = json.loads(text, object_pairs_hook=pairs, parse_int=number, parse_float=number,
                           parse_constant=constant)
     except RecursionError:
-        raise InputError(f"{path} is nested too deeply to be a difficulty file") from None
+        raise InputError(f"{shown_path(path)} is nested too deeply to be a difficulty file") from None
     except json.JSONDecodeError as error:
-        raise InputError(f"{path} is not valid JSON: {error.msg} (line {error.lineno}, "
+        raise InputError(f"{shown_path(path)} is not valid JSON: {error.msg} (line {error.lineno}, "
                          f"column {error.colno})") from None
     if not isinstance(data, _Object):
-        raise InputError(f'{path} must be a JSON object {{"YYYY-MM-DD": difficulty}}')
+        raise InputError(f'{shown_path(path)} must be a JSON object {{"YYYY-MM-DD": difficulty}}')
     return list(data)
 
 
@@ -236,11 +236,11 @@ def _csv_pairs(path: Path, text: str) -> list[tuple[str, object]]:
                 continue
             if len(row) != 2:
                 shown = quoted(",".join(row), 40)
-                raise InputError(f"{path}: line {reader.line_num} should be date,difficulty, "
+                raise InputError(f"{shown_path(path)}: line {reader.line_num} should be date,difficulty, "
                                  f"not {shown}")
             pairs.append((row[0].strip(), row[1].strip()))
     except csv.Error as error:
-        raise InputError(f"{path}: line {reader.line_num} is not CSV ({error})") from None
+        raise InputError(f"{shown_path(path)}: line {reader.line_num} is not CSV ({error})") from None
     return pairs
 
 
@@ -251,31 +251,32 @@ def _parse_date(path: Path, raw: object, dates: DateRange) -> date:
             raise ValueError
         day = date.fromisoformat(text)
     except ValueError:
-        raise InputError(f"{path}: {quoted(raw, 30)} is not a date of the form YYYY-MM-DD") from None
+        raise InputError(f"{shown_path(path)}: {quoted(raw, 30)} is not a date of the form "
+                         "YYYY-MM-DD") from None
     if not dates.first <= day <= dates.last:
-        raise InputError(f"{path}: date {day} is outside {dates.first}..{dates.last} (from the "
-                         "genesis block to tomorrow unless --earliest/--latest say otherwise)")
+        raise InputError(f"{shown_path(path)}: date {day} is outside {dates.first}..{dates.last} "
+                         "(from the genesis block to tomorrow unless --earliest/--latest say otherwise)")
     return day
 
 
 def _parse_value(path: Path, day: date, raw: object) -> Decimal:
     shown = quoted(raw, 30)
     if isinstance(raw, str) and len(raw) > MAX_FIELD:
-        raise InputError(f"{path}: difficulty for {day} is {len(raw):,} characters long, "
+        raise InputError(f"{shown_path(path)}: difficulty for {day} is {len(raw):,} characters long, "
                          "not a number")
     try:
         value = Decimal(raw) if isinstance(raw, (str, Decimal)) else Decimal("nan")
     except InvalidOperation:
         value = Decimal("nan")
     if not value.is_finite() or value <= 0:
-        raise InputError(f"{path}: difficulty for {day} must be a positive number, not {shown}")
+        raise InputError(f"{shown_path(path)}: difficulty for {day} must be a positive number, not {shown}")
     if value >= MAX_VALUE:
-        raise InputError(f"{path}: difficulty for {day} is too large ({shown}; the column "
+        raise InputError(f"{shown_path(path)}: difficulty for {day} is too large ({shown}; the column "
                          f"holds less than {MAX_VALUE:.0e})")
     exponent = value.as_tuple().exponent
     if isinstance(exponent, int) and exponent < -SCALE:
         rounded = value.quantize(Decimal(1).scaleb(-SCALE), context=Context(prec=100))
         outcome = "0" if rounded == 0 else f"{rounded}"
-        raise InputError(f"{path}: difficulty for {day} ({shown}) has more than {SCALE} "
+        raise InputError(f"{shown_path(path)}: difficulty for {day} ({shown}) has more than {SCALE} "
                          f"decimals; it would be stored as {outcome}")
     return value

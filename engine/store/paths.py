@@ -23,7 +23,7 @@ from pathlib import Path
 
 import polars as pl
 
-from engine.errors import EngineError, EnvironmentProblem, InputError
+from engine.errors import EngineError, EnvironmentProblem, InputError, shown_path
 from engine.months import Month
 
 _WHY = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",
@@ -32,6 +32,9 @@ _WHY = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used 
         errno.ENOTDIR: "part of the path is a file, not a folder",
         errno.EEXIST: "part of the path is a file, not a folder",
         errno.EIO: "an I/O error"}
+#: Errors of a path a user typed that are the path's fault, not the machine's.
+_BAD_PATH = {errno.ENOTDIR: "part of the path is a file, not a folder",
+             errno.ENAMETOOLONG: "the name is too long", errno.ELOOP: "too many symbolic links"}
 _OS_ERROR = re.compile(r"os error (\d+)")
 
 
@@ -121,17 +124,18 @@ def check_output(path: Path, *, must_have_folder: bool = True) -> None:
         mode = os.stat(path).st_mode
     except FileNotFoundError:
         if must_have_folder and not path.parent.is_dir():
-            raise InputError(f"cannot write {path}: the folder {path.parent} does not exist") from None
+            raise InputError(f"cannot write {shown_path(path)}: the folder "
+                             f"{shown_path(path.parent)} does not exist") from None
         return
     except OSError as error:
-        if must_have_folder and error.errno == errno.ENOTDIR:  # a path the user typed
-            raise InputError(f"cannot write {path}: part of the path is a file, not a folder"
+        if must_have_folder and error.errno in _BAD_PATH:  # a path the user typed
+            raise InputError(f"cannot write {shown_path(path)}: {_BAD_PATH[error.errno]}"
                              ) from None
         raise environment_problem(error, path, "write") from None
     if stat.S_ISDIR(mode):
-        raise InputError(f"cannot write {path}: it is a directory; name a file")
+        raise InputError(f"cannot write {shown_path(path)}: it is a directory; name a file")
     if not stat.S_ISREG(mode):
-        raise InputError(f"cannot write {path}: it is a special file ({file_kind(mode)}), "
+        raise InputError(f"cannot write {shown_path(path)}: it is a special file ({file_kind(mode)}), "
                          "not a regular file")
 
 
@@ -141,16 +145,16 @@ def check_input(path: Path, what: str, *, max_bytes: int | None = None) -> int:
     try:
         info = os.stat(path)
     except FileNotFoundError:
-        raise InputError(f"cannot read {what} {path}: it does not exist") from None
+        raise InputError(f"cannot read {what} {shown_path(path)}: it does not exist") from None
     except OSError as error:
-        raise InputError(f"cannot read {what} {path}: {error.strerror or error}") from None
+        raise InputError(f"cannot read {what} {shown_path(path)}: {error.strerror or error}") from None
     if stat.S_ISDIR(info.st_mode):
-        raise InputError(f"{what} {path} is a directory, not a file")
+        raise InputError(f"{what} {shown_path(path)} is a directory, not a file")
     if not stat.S_ISREG(info.st_mode):
-        raise InputError(f"{what} {path} is a special file ({file_kind(info.st_mode)}), "
+        raise InputError(f"{what} {shown_path(path)} is a special file ({file_kind(info.st_mode)}), "
                          "not a regular file")
     if max_bytes is not None and info.st_size > max_bytes:
-        raise InputError(f"{what} {path} is {info.st_size:,} bytes, more than the limit of "
+        raise InputError(f"{what} {shown_path(path)} is {info.st_size:,} bytes, more than the limit of "
                          f"{max_bytes:,}")
     return info.st_size
 
@@ -177,4 +181,4 @@ def environment_problem(error: OSError, path: Path, doing: str) -> EnvironmentPr
     """One line for an OSError on `path`: what was being done, where, and why."""
     code = error.errno
     why = _WHY.get(code, error.strerror or str(error)) if code is not None else str(error)
-    return EnvironmentProblem(f"cannot {doing} {path}: {why}")
+    return EnvironmentProblem(f"cannot {doing} {shown_path(path)}: {why}")
