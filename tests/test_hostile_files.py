@@ -172,7 +172,7 @@ def test_a_full_disk_under_data_extracts_is_exit_74_and_the_month_is_not_failed(
 
     assert done.returncode == 74, done.stderr
     assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
-    assert "data/extracts" in done.stderr and "too large" in done.stderr
+    assert "month=2023-12/part-0.parquet" in done.stderr and "too large" in done.stderr
     assert execute(database_url, "SELECT count(*) FROM reconciliation_progress "
                                  "WHERE status = 'failed'") == [(0,)]
     assert not [p for p in (tmp_path / "data").rglob("*.tmp")]

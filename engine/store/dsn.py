@@ -27,6 +27,7 @@ SHOWN_PART = 30
 
 _DSN_PAIR = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*=")
 _DSN_NEXT_KEY = re.compile(r"\s+[A-Za-z_][A-Za-z0-9_]*\s*=")
+_HOST = re.compile(r"[A-Za-z0-9._~%:,\[\]-]+")
 _DSN_KEYS = {"host", "hostaddr", "port", "user", "password", "dbname"}
 
 
@@ -244,6 +245,9 @@ def _checked(target: Target) -> Target:
     if not target.host or target.host.startswith("/"):
         raise InputError(f"database {target.masked} has no TCP host; connectorx needs one "
                          "(host=127.0.0.1 or postgresql://…@HOST/…), not a Unix socket")
+    if not _HOST.fullmatch(target.host):
+        # Not shown: `host=\ password=…` makes the rest of the string the host.
+        raise InputError("the database's host is not a host name or an IP address")
     return target
 
 
@@ -252,4 +256,6 @@ def _host(host: str) -> str:
 
 
 def _cut(part: str) -> str:
+    if "=" in part or any(c.isspace() for c in part):  # the rest of a key=value string?
+        return "(hidden)"
     return part if len(part) <= SHOWN_PART else part[:SHOWN_PART] + "…"
