@@ -178,6 +178,18 @@ def test_a_full_disk_under_data_extracts_is_exit_74_and_the_month_is_not_failed(
     assert not [p for p in (tmp_path / "data").rglob("*.tmp")]
 
 
+def test_a_data_directory_that_is_a_file_is_exit_74_before_any_embedded_server(tmp_path):
+    data_file = tmp_path / "data"
+    data_file.write_text("ENGINE_DATA_DIR names this file")
+
+    for args in (("status",), ("month", "2023-12"), ("db", "init")):
+        result = runner.invoke(app, list(args), env={"ENGINE_DATA_DIR": str(data_file),
+                                                     "ENGINE_DATABASE_URL": None})
+        assert "is not a directory" in one_line_error(result, code=74), args
+
+    assert data_file.read_text() == "ENGINE_DATA_DIR names this file"
+
+
 def test_a_read_only_command_on_a_mistyped_data_directory_starts_no_server(tmp_path):
     typo = tmp_path / "dta"
 
