@@ -295,3 +295,25 @@ def test_masking_never_shows_the_password_whatever_the_text(generated, prefix, h
         except InputError as error:
             shown.append(str(error))
         assert_hidden(password, tokens, shown)
+
+
+def test_ctrl_c_during_a_connectorx_read_that_cannot_connect_is_not_held_back(http_port):
+    """connectorx waits half a minute for a connection it cannot make; Ctrl-C ends it at once."""
+    url = f"postgresql://someone@127.0.0.1:{http_port}/engine?connect_timeout=60"
+    script = ("import sys\nfrom engine.store import db\ntry:\n    db.read_arrow(sys.argv[1], 'SELECT 1')\n"
+              "except KeyboardInterrupt:\n    sys.exit(130)\n")
+    reader = subprocess.Popen([ENGINE[0], "-c", script, url], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not _connected_to(reader.pid, http_port):
+            assert time.monotonic() < deadline and reader.poll() is None, "never connected"
+            time.sleep(0.1)
+        sent = time.monotonic()
+        reader.send_signal(signal.SIGINT)
+        reader.communicate(timeout=30)
+    finally:
+        reader.kill()
+
+    assert reader.returncode == 130
+    assert time.monotonic() - sent < 5

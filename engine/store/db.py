@@ -98,7 +98,7 @@ def _interruptible(open_: Callable[[], T], close: Callable[[T], object]) -> T:
         finally:
             done.set()
 
-    threading.Thread(target=run, name="engine-connect", daemon=True).start()
+    threading.Thread(target=run, name="engine-driver-call", daemon=True).start()
     try:
         while not done.wait(0.2):
             pass
@@ -186,11 +186,13 @@ def read_arrow(url: str, sql: str) -> pa.Table:
     """Run a read-only query through connectorx and return an Arrow table.
 
     Call it only after `connect` succeeded once: connectorx retries a refused connection for
-    half a minute before it gives up.
+    half a minute before it gives up (each try bounded by the URL's `connect_timeout`). The
+    read runs in a helper thread, so Ctrl-C in the main thread is not held back until it ends.
     """
     url = check_url(url)
     try:
-        return cx.read_sql(url, sql, return_type="arrow")
+        return _interruptible(lambda: cx.read_sql(url, sql, return_type="arrow"),
+                              lambda table: None)
     except RuntimeError as error:
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
         message = dsn.scrub(message, url)
