@@ -120,7 +120,7 @@ class BackfillResult:
 
 def with_application_name(url: str, name: str) -> str:
     """`url` naming its sessions `name` in pg_stat_activity (unless it names them already)."""
-    parts = urlsplit(url)
+    parts = urlsplit(db.check_url(url))
     query = parse_qsl(parts.query)
     if any(key == "application_name" for key, _ in query):
         return url

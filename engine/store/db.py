@@ -45,7 +45,7 @@ def mask_url(url: str) -> str:
 def with_timeouts(url: str, *, lock_timeout_ms: int, statement_timeout_ms: int) -> str:
     """`url` with the session timeouts in its `options` parameter, so that connectorx reads
     give up behind a lock as the engine's own transactions do (`SET LOCAL` cannot reach them)."""
-    parts = urlsplit(url)
+    parts = urlsplit(check_url(url))
     query = parse_qsl(parts.query, keep_blank_values=True)
     options = " ".join(v for k, v in query if k == "options")
     options = (f"{options} -c lock_timeout={lock_timeout_ms} "
