@@ -317,3 +317,14 @@ def test_ctrl_c_during_a_connectorx_read_that_cannot_connect_is_not_held_back(ht
 
     assert reader.returncode == 130
     assert time.monotonic() - sent < 5
+
+
+def test_the_read_url_keeps_a_raw_password_whole():
+    url = db.with_timeouts("postgresql://u:p?a/s#s@w:rd@127.0.0.1:5/db", lock_timeout_ms=1,
+                           statement_timeout_ms=2)
+
+    target = dsn.parse(url)
+    assert (target.user, target.password, target.host, target.port, target.dbname) == (
+        "u", "p?a/s#s@w:rd", "127.0.0.1", 5, "db")
+    assert target.param("options") == "-c lock_timeout=1 -c statement_timeout=2"
+    assert target.param("connect_timeout") == "10"
