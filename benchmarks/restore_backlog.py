@@ -22,7 +22,8 @@ def main() -> int:
                         help="empty the calculations table: the rebuild-from-nothing case")
     args = parser.parse_args()
     settings = Settings.from_env()
-    url = db.resolve_url(settings.database_url, settings.data_dir)
+    url = db.resolve_url(settings.database_url, settings.data_dir,
+                         connect_timeout_s=settings.connect_timeout_s)
     data = fill_database(url, parse_range(args.months), embedded=settings.database_url is None)
     with db.connect(url) as conn, conn.cursor() as cursor:
         cursor.execute("TRUNCATE engine.reconciliation_backfills")  # forget earlier backfills

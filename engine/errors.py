@@ -8,6 +8,26 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import date
 
+#: The most of anything a user typed that an error message quotes.
+QUOTE_LIMIT = 80
+
+
+def quoted(text: object, limit: int = QUOTE_LIMIT) -> str:
+    """`repr(text)` for an error message, cut to about `limit` characters: a message quotes
+    what was typed, not a 100,000-digit argument."""
+    text = str(text)
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}… ({len(text):,} characters)"
+
+
+def shown_path(path: object, limit: int = QUOTE_LIMIT) -> str:
+    """A path for an error message: whole when short, else its start and end around `…`."""
+    text = str(path)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit // 2]}…{text[-(limit // 2):]} ({len(text):,} characters)"
+
 
 class EngineError(Exception):
     """A failure the user can act on; `str(error)` is the one line the CLI prints."""
@@ -17,6 +37,14 @@ class EngineError(Exception):
 
 class InputError(EngineError):
     """Bad command-line input, a bad file or a bad setting."""
+
+
+class EnvironmentProblem(EngineError):
+    """The machine, not the input: a read-only or full disk, a data folder that is a file.
+
+    Exit 74 (`EX_IOERR`), so a scheduler can tell it from bad input (2)."""
+
+    exit_code = 74
 
 
 class DatabaseUnavailable(EngineError):

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from engine.errors import InputError
+from engine.errors import InputError, quoted
 
 _MONTH = re.compile(r"([0-9]{4})-([0-9]{2})")
 _LONDON = ZoneInfo("Europe/London")
@@ -25,12 +25,12 @@ class Month:
         """Return the month `text` names; raise `InputError` unless it is exactly `YYYY-MM`."""
         match = _MONTH.fullmatch(text.strip())
         if match is None:
-            raise InputError(f"month {text!r} is not of the form YYYY-MM (for example 2023-12)")
+            raise InputError(f"month {quoted(text)} is not of the form YYYY-MM (for example 2023-12)")
         year, month = int(match[1]), int(match[2])
         if not 1 <= month <= 12:
-            raise InputError(f"month {text!r} has no month {month:02d}; months run 01 to 12")
+            raise InputError(f"month {quoted(text)} has no month {month:02d}; months run 01 to 12")
         if not 2000 <= year <= 2100:
-            raise InputError(f"month {text!r} is outside the years 2000 to 2100")
+            raise InputError(f"month {quoted(text)} is outside the years 2000 to 2100")
         return cls(year, month)
 
     @classmethod

@@ -60,7 +60,7 @@ def test_a_run_is_undone_once_and_an_undo_is_not_undone(settings, database_url):
 
     with pytest.raises(UndoRefused, match=f"run {run} was already undone by run {undone.undo_run_id}"):
         undo(settings, run)
-    with pytest.raises(UndoRefused, match="has no undo record"):
+    with pytest.raises(UndoRefused, match=f"run {undone.undo_run_id} is an undo \\(of run {run}\\)"):
         undo(settings, undone.undo_run_id)
     assert calculations(database_url) == []
 

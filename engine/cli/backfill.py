@@ -16,12 +16,13 @@ from engine.cli.common import (
     emit,
     err,
     exit_code,
+    finite,
     graceful_stop,
     handled,
     resolve_database,
 )
 from engine.cli.month import FormulaOption
-from engine.errors import InputError
+from engine.errors import InputError, quoted
 from engine.months import Month
 from engine.store.config import Settings
 
@@ -32,9 +33,9 @@ if TYPE_CHECKING:  # for annotations only
 Jobs = Annotated[int, typer.Option("--jobs", "-j", min=1, max=32,
                                    help="Months reconciled in parallel, each on its own connection.")]
 MaxRate = Annotated[float | None, typer.Option(
-    "--max-rows-per-second", min=1.0,
+    "--max-rows-per-second", min=1.0, callback=finite,
     help="Insert at most this many rows per second over the run (pauses between months).")]
-Pause = Annotated[float, typer.Option("--pause", min=0.0,
+Pause = Annotated[float, typer.Option("--pause", min=0.0, callback=finite,
                                       help="Seconds each worker rests after each month.")]
 Retries = Annotated[int, typer.Option(
     "--retries", min=0, max=20,
@@ -89,9 +90,9 @@ def run(
     from engine.reporting import status_text
 
     if order not in ORDERS:
-        raise InputError(f"--order must be one of {', '.join(ORDERS)}, not {order!r}")
+        raise InputError(f"--order must be one of {', '.join(ORDERS)}, not {quoted(order)}")
     if formula not in FORMULAS:
-        raise InputError(f"--formula must be one of {', '.join(FORMULAS)}, not {formula!r}")
+        raise InputError(f"--formula must be one of {', '.join(FORMULAS)}, not {quoted(formula)}")
     fixes = parse_fix(fix)
     request = BackfillRequest(
         first=Month.parse(first) if first else None, last=Month.parse(last) if last else None,
@@ -105,6 +106,9 @@ def run(
     if plan_only:
         _print_plan(settings, url, request, as_json)
         return
+    from engine.store.paths import Layout
+
+    Layout(settings.data_dir).check_writable()  # exit 74 now, not a failed month each
     result = _backfill(settings, url, request)
     emit(result.to_dict() if as_json else status_text.backfill_summary(result), as_json)
     raise typer.Exit(exit_code(result.exit_code))
@@ -139,6 +143,9 @@ def scheduled(
 
     settings = Settings.from_env()
     url = resolve_database(settings)
+    from engine.store.paths import Layout
+
+    Layout(settings.data_dir).check_writable()
     throttle = ThrottleConfig(max_rows_per_second=max_rows_per_second, pause_seconds=pause,
                               load_aware=load_aware, busy_backends=busy_backends)
     with graceful_stop() as stop, dashboard("scheduled", jobs) as on_event:
@@ -223,10 +230,11 @@ def write_daily_summary(settings: Settings, url: str) -> Path | None:
 
 
 def write_summary_files(directory: Path, summary: DailySummary) -> Path:
+    """Write one day's summary as Markdown and JSON (atomically); raises `EnvironmentProblem`
+    when the disk refuses."""
     from engine.reporting import status_text
+    from engine.store.paths import write_text
 
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"{summary.day}.md"
-    path.write_text(status_text.daily_markdown(summary))
-    path.with_suffix(".json").write_text(json.dumps(summary.to_dict(), indent=2, default=str) + "\n")
+    path = write_text(directory / f"{summary.day}.md", status_text.daily_markdown(summary))
+    write_text(path.with_suffix(".json"), json.dumps(summary.to_dict(), indent=2, default=str) + "\n")
     return path

@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -55,6 +56,15 @@ err = _Stderr()
 _state: dict[str, Any] = {"debug": False, "stop": None}
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+def finite(value: float | None) -> float | None:
+    """A typer callback: refuse `inf` and `nan`, which `float()` accepts, at parse time."""
+    if value is not None and not math.isfinite(value):
+        raise typer.BadParameter(f"must be a finite number, not {value}")
+    return value
+
+
 JsonOption = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
 
 
@@ -70,13 +80,13 @@ def handled(command: F) -> F:
             with terminate_as_interrupt():
                 return command(*args, **kwargs)
         except Interrupted as error:
-            err.print(f"interrupted: {error}" if str(error) != "interrupted" else "interrupted",
-                      markup=False)
+            err.print(f"interrupted: {_one_line(str(error))}" if str(error) != "interrupted"
+                      else "interrupted", markup=False)
             raise typer.Exit(_stop_code(error.exit_code)) from None
         except EngineError as error:
             if _state["debug"]:
                 raise
-            err.print(f"error: {error}", markup=False)
+            err.print(f"error: {_one_line(str(error))}", markup=False)
             raise typer.Exit(error.exit_code) from None
         except KeyboardInterrupt as error:
             err.print("interrupted", markup=False)
@@ -110,6 +120,16 @@ def graceful_stop() -> Iterator[threading.Event]:
         yield stop.event
 
 
+#: The longest error line printed; messages quote what was typed in a few dozen characters,
+#: so only a bug or a driver's message could reach it.
+ERROR_LIMIT = 2000
+
+
+def _one_line(message: str) -> str:
+    line = " ".join(message.split("\n"))
+    return line if len(line) <= ERROR_LIMIT else line[:ERROR_LIMIT] + "…"
+
+
 @app.callback()
 def main_options(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log each step to stderr.")] = False,
@@ -120,11 +140,13 @@ def main_options(
     _state["debug"] = debug
 
 
-def resolve_database(settings: Settings) -> str:
-    """The URL to use; says where the embedded server is when that is the one."""
+def resolve_database(settings: Settings, *, create: bool = True) -> str:
+    """The URL to use; says where the embedded server is when that is the one. Commands that
+    only read pass `create=False`: they refuse rather than create an embedded cluster."""
     from engine.store import db
 
-    url = db.resolve_url(settings.database_url, settings.data_dir)
+    url = db.resolve_url(settings.database_url, settings.data_dir,
+                         connect_timeout_s=settings.connect_timeout_s, create=create)
     if settings.database_url is None:
         from engine.store.embedded import EmbeddedServer
 

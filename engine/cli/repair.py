@@ -37,7 +37,7 @@ def diff(
 
     months = _months(month, first, last)
     settings = Settings.from_env()
-    url = resolve_database(settings)
+    url = resolve_database(settings, create=False)
     with open_session(settings, url) as session, step_spinner() as on_step:
         result = diff_months(session, months, version=formula, samples=samples,
                              on_month=lambda found: on_step(found.month, "diffed"))
@@ -61,10 +61,12 @@ def plan(
     from engine.month.session import open_session
     from engine.operations.review import make_plan
     from engine.repairs.plans import write
+    from engine.store.paths import check_output
 
     target = Month.parse(month)
+    check_output(output)  # a device, a FIFO or a directory is refused before any work
     settings = Settings.from_env()
-    url = resolve_database(settings)
+    url = resolve_database(settings, create=False)
     with open_session(settings, url) as session:
         made = make_plan(session, target, fix=fix or (), version=formula)
     write(made, output)
@@ -87,7 +89,7 @@ def apply(
     from engine.operations.review import apply_plan
 
     settings = Settings.from_env()
-    url = resolve_database(settings)
+    url = resolve_database(settings, create=False)
     with open_session(settings, url) as session, step_spinner() as on_step:
         result = apply_plan(session, file, on_step=on_step)
     emit(result.to_dict() if as_json else results.month_summary(result), as_json)
@@ -116,7 +118,7 @@ def undo(
     if (run_id is None) == (backfill is None):
         raise InputError("give a run id or --backfill ID (one of them)")
     settings = Settings.from_env()
-    url = resolve_database(settings)
+    url = resolve_database(settings, create=False)
     with open_session(settings, url) as session:
         if run_id is not None:
             result = undo_run(session, run_id)

@@ -10,8 +10,8 @@ from typing import Annotated
 import typer
 
 from engine.cli.backfill import write_summary_files
-from engine.cli.common import JsonOption, app, emit, err, handled, resolve_database
-from engine.errors import InputError
+from engine.cli.common import JsonOption, app, emit, err, finite, handled, resolve_database
+from engine.errors import InputError, quoted
 from engine.months import Month
 from engine.store.config import Settings
 
@@ -24,7 +24,8 @@ def status(
     watch: Annotated[bool, typer.Option(
         "--watch", help="Follow the newest backfill (`engine run` or `engine scheduled`, in any "
         "process) live, read from the progress tables, until it ends.")] = False,
-    interval: Annotated[float, typer.Option(min=0.1, help="Seconds between refreshes of --watch.")] = 2.0,
+    interval: Annotated[float, typer.Option(
+        min=0.1, callback=finite, help="Seconds between refreshes of --watch.")] = 2.0,
     as_json: JsonOption = False,
 ) -> None:
     """Where the reconciliation stands: percent reconciled overall, per year and per miner
@@ -34,7 +35,7 @@ def status(
     from engine.reporting.status import get_status
 
     settings = Settings.from_env()
-    url = resolve_database(settings)
+    url = resolve_database(settings, create=False)
     if watch:
         _watch(settings, url, interval, as_json)
         return
@@ -58,7 +59,7 @@ def status_month(
 
     target = Month.parse(month)
     settings = Settings.from_env()
-    url = resolve_database(settings)
+    url = resolve_database(settings, create=False)
     with open_session(settings, url) as session, session.transaction() as cursor:
         result = get_month_status(cursor, target, [m.name for m in session.models],
                                   engine_schema=settings.schema)
@@ -86,12 +87,16 @@ def report(
     from engine.reporting import status_text
     from engine.reporting.backlog import build_report, daily_summaries
     from engine.reporting.status import get_status
+    from engine.store.paths import check_output, write_text
 
     chosen = "json" if as_json else format
     if chosen not in FORMATS:
-        raise InputError(f"--format must be one of {', '.join(FORMATS)}, not {format!r}")
+        raise InputError(f"--format must be one of {', '.join(FORMATS)}, not {quoted(format)}")
+    for target in (html, output if chosen == "markdown" else None):
+        if target is not None:  # refused before the database is read
+            check_output(target)
     settings = Settings.from_env()
-    url = resolve_database(settings)
+    url = resolve_database(settings, create=False)
     with open_session(settings, url) as session, session.transaction() as cursor:
         models = [m.name for m in session.models]
         result = build_report(cursor, models, jobs=jobs, engine_schema=settings.schema)
@@ -100,7 +105,7 @@ def report(
     if html and overview:
         from engine.reporting.html_page import render
 
-        _write(html, render(overview, result))
+        write_text(html, render(overview, result), make_parents=False)
         err.print(f"wrote {html}", markup=False)  # a path may hold [brackets]
     if chosen != "markdown":
         emit(result.to_dict() if chosen == "json" else status_text.report_text(result),
@@ -108,20 +113,12 @@ def report(
         return
     reports = settings.data_dir / "reports"
     path = output or reports / f"report-{datetime.now():%Y%m%d-%H%M%S}.md"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(status_text.report_markdown(result))
+    write_text(path, status_text.report_markdown(result), make_parents=output is None)
     for summary in summaries:
         write_summary_files(reports, summary)
     typer.echo(f"wrote {path}" + (f" and {len(summaries)} daily summar"
                                    f"{'y' if len(summaries) == 1 else 'ies'} in {reports}"
                                    if summaries else ""))
-
-
-def _write(path: Path, text: str) -> None:
-    try:
-        path.write_text(text, encoding="utf-8")
-    except OSError as error:
-        raise InputError(f"cannot write {path}: {error.strerror}") from None
 
 
 def _watch(settings: Settings, url: str, interval: float, as_json: bool) -> None:

@@ -127,7 +127,8 @@ def run_demo(settings: Settings, months: list[Month], *, url: str | None = None,
              on_step: StepCallback | None = None) -> DemoResult:
     """Fill the database with demo data for `months`, then reconcile each month in turn."""
     start = time.perf_counter()
-    url = url or db.resolve_url(settings.database_url, settings.data_dir)
+    url = url or db.resolve_url(settings.database_url, settings.data_dir,
+                                connect_timeout_s=settings.connect_timeout_s)
     data = fill_database(url, months, embedded=settings.database_url is None,
                          legacy_damage=legacy_damage, engine_schema=settings.schema)
     results = []

@@ -122,7 +122,8 @@ class Workspace:
         check that it answers. Raises `DatabaseUnavailable`, or `InputError` for a bad URL or
         miner models file."""
         settings = settings or Settings.from_env()
-        url = url or db.resolve_url(settings.database_url, settings.data_dir)
+        url = url or db.resolve_url(settings.database_url, settings.data_dir,
+                                    connect_timeout_s=settings.connect_timeout_s)
         with db.connect(url):  # fail at once: connectorx would retry a refused connection
             pass
         return cls(settings, url, load_miner_models(settings.miner_models_file))

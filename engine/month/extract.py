@@ -65,7 +65,9 @@ class Snapshot:
 
 def extract_month(url: str, month: Month, layout: Layout, *,
                   engine_schema: str = DEFAULT_SCHEMA) -> Snapshot:
-    """Read the month's three inputs and write each to `data/extracts/<table>/month=…/`."""
+    """Read the month's three inputs and write each to `data/extracts/<table>/month=…/`.
+    Raises `EnvironmentProblem` before reading when the data directory cannot be written."""
+    layout.check_writable()
     queries = {
         "curtailment_records": curtailment_sql(month),
         CALCULATIONS: calculations_sql(month),

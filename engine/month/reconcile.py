@@ -19,7 +19,7 @@ from typing import Any
 import polars as pl
 
 from engine import formula
-from engine.errors import EngineError, InputError, Interrupted, PlanOutdated, SourceDataError
+from engine.errors import EngineError, InputError, Interrupted, PlanOutdated, SourceDataError, quoted
 from engine.month import diff, extract, load, progress, summaries, verify
 from engine.month.session import Session, month_lock
 from engine.month.write import Written, row_counts, write_month
@@ -148,7 +148,7 @@ class _Job:
         if plan is not None:
             version, fix = plan.formula, plan.fix
         if version not in formula.FORMULAS:
-            raise InputError(f"formula {version!r} is not one of {', '.join(formula.FORMULAS)}")
+            raise InputError(f"formula {quoted(version)} is not one of {', '.join(formula.FORMULAS)}")
         fixes = fix if isinstance(fix, frozenset) else actions.parse_fix(fix)
         return cls(dry_run, version, command, fixes, plan, stop, backfill_id)
 
@@ -171,7 +171,7 @@ def examine(session: Session, month: Month, version: str, *,
     database. Raises `InputError` for an unknown formula, `SourceDataError` for bad source rows
     or missing difficulty."""
     if version not in formula.FORMULAS:
-        raise InputError(f"formula {version!r} is not one of {', '.join(formula.FORMULAS)}")
+        raise InputError(f"formula {quoted(version)} is not one of {', '.join(formula.FORMULAS)}")
     steps = steps or _Steps(month, None)
     layout = session.layout
     with db.translated_errors(session.url):

@@ -70,7 +70,8 @@ def open_session(settings: Settings, url: str | None = None) -> Iterator[Session
     Raises `DatabaseUnavailable`, `SchemaError` or `InputError` (a bad miner models file).
     """
     models = load_miner_models(settings.miner_models_file)
-    url = url or db.resolve_url(settings.database_url, settings.data_dir)
+    url = url or db.resolve_url(settings.database_url, settings.data_dir,
+                                connect_timeout_s=settings.connect_timeout_s)
     with db.connect(url) as conn, db.translated_errors(url):
         with db.transaction(conn, lock_timeout_ms=settings.lock_timeout_ms,
                             statement_timeout_ms=settings.statement_timeout_ms) as cursor:

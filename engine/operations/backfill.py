@@ -17,9 +17,9 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
-from engine.errors import EngineError, InputError
+from engine.errors import EngineError, EnvironmentProblem, InputError
 from engine.month import locks
 from engine.month.session import Session, open_session
 from engine.months import Month
@@ -105,12 +105,15 @@ class BackfillResult:
 
     @property
     def exit_code(self) -> int:
-        """130 interrupted by a signal (the CLI makes it 143 for SIGTERM), 2 a month failed on
-        its data (or schema), 1 a verification failed, 75 (EX_TEMPFAIL) a month still failed on
-        transient errors after every retry, else 0."""
+        """130 interrupted by a signal (the CLI makes it 143 for SIGTERM), 74 (EX_IOERR) a month
+        failed on the machine (a full or read-only disk), 2 on its data (or schema), 1 a
+        verification failed, 75 (EX_TEMPFAIL) a month still failed on transient errors after
+        every retry, else 0."""
         if self.interrupted:
             return 130
         failed = {o.error_kind for o in self.outcomes if o.status == "failed"}
+        if "environment" in failed:
+            return EnvironmentProblem.exit_code
         if failed - {"transient"}:
             return 2
         if any(o.status == "unverified" for o in self.outcomes):
@@ -128,11 +131,11 @@ class BackfillResult:
 
 def with_application_name(url: str, name: str) -> str:
     """`url` naming its sessions `name` in pg_stat_activity (unless it names them already)."""
-    parts = urlsplit(url)
+    parts = urlsplit(db.check_url(url))
     query = parse_qsl(parts.query)
     if any(key == "application_name" for key, _ in query):
         return url
-    return urlunsplit(parts._replace(query=urlencode([*query, ("application_name", name)])))
+    return urlunsplit(parts._replace(query=urlencode([*query, ("application_name", name)], quote_via=quote)))
 
 
 def run_backfill(settings: Settings, request: BackfillRequest, *, url: str | None = None,
@@ -153,7 +156,8 @@ def run_backfill(settings: Settings, request: BackfillRequest, *, url: str | Non
     """
     if request.jobs < 1:
         raise InputError(f"--jobs must be at least 1, not {request.jobs}")
-    url = with_application_name(url or db.resolve_url(settings.database_url, settings.data_dir),
+    url = with_application_name(url or db.resolve_url(settings.database_url, settings.data_dir,
+                                                      connect_timeout_s=settings.connect_timeout_s),
                                 f"engine-{request.command}")
     emit = on_event or (lambda event: None)
     with open_session(settings, url) as control, db.translated_errors(url):

@@ -23,6 +23,7 @@ from typing import Any
 from engine.errors import (
     DatabaseUnavailable,
     EngineError,
+    EnvironmentProblem,
     InputError,
     Interrupted,
     SchemaError,
@@ -304,6 +305,8 @@ class MonthWork:
 
 
 def _error_kind(error: EngineError) -> str:
+    if isinstance(error, EnvironmentProblem):
+        return "environment"
     if isinstance(error, SourceDataError):
         return "data"
     if isinstance(error, SchemaError):

@@ -158,6 +158,7 @@ def undo_run(session: Session, run_id: int) -> UndoResult:
     month's lock, refresh the summaries it touched and record the undo as a run of its own.
 
     Raises `UndoRefused` (nothing changed) or `MonthBusy`."""
+    _check_run(session, run_id)
     record, before, inserted = undo.read_record(session.undo_dir, run_id)
     with db.translated_errors(session.url), month_lock(session, record.month):
         with session.transaction() as cursor:
@@ -184,10 +185,19 @@ def undo_run(session: Session, run_id: int) -> UndoResult:
 def check_undo(session: Session, run_id: int) -> None:
     """Raise `UndoRefused` unless `undo_run(session, run_id)` could be done now. Changes
     nothing."""
+    _check_run(session, run_id)
     record, before, inserted = undo.read_record(session.undo_dir, run_id)
     with db.translated_errors(session.url), session.transaction() as cursor:
         _lock_run(cursor, record, session.engine_schema)
         undo.check(cursor, record, before, inserted)
+
+
+def _check_run(session: Session, run_id: int) -> None:
+    """Raise `UndoRefused` saying why, when the database has no run `run_id` or it cannot be
+    undone (an undo itself, already undone, never committed): before its files are read, so
+    the message is about the run, not about a missing folder."""
+    with db.translated_errors(session.url), session.transaction() as cursor:
+        undo.lock_run(cursor, run_id, engine_schema=session.engine_schema)
 
 
 def _lock_run(cursor: db.Cursor, record: undo.UndoRecord, engine_schema: str) -> None:

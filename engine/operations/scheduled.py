@@ -104,7 +104,8 @@ def run_scheduled(settings: Settings, *, url: str | None = None, jobs: int = 1,
                   stop: threading.Event | None = None) -> ScheduledResult:
     """Reconcile the months that are due. Raises what `run_backfill` raises before starting;
     `stop` stops it cleanly as it stops `run_backfill`."""
-    url = with_application_name(url or db.resolve_url(settings.database_url, settings.data_dir),
+    url = with_application_name(url or db.resolve_url(settings.database_url, settings.data_dir,
+                                                      connect_timeout_s=settings.connect_timeout_s),
                                 "engine-scheduled")
     with db.connect(url) as conn, db.translated_errors(url):
         with conn.cursor() as cursor:

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from engine.errors import InputError
+from engine.errors import InputError, quoted
 from engine.month import fingerprints, progress
 from engine.months import Month
 from engine.store import db
@@ -54,7 +54,7 @@ class Plan:
 def order_months(months: Iterable[Month], order: str) -> list[Month]:
     """`months` in the order `plan`, `newest` or `oldest`; raise `InputError` for another."""
     if order not in ORDERS:
-        raise InputError(f"order {order!r} is not one of {', '.join(ORDERS)}")
+        raise InputError(f"order {quoted(order)} is not one of {', '.join(ORDERS)}")
     if order == "newest":
         return sorted(months, reverse=True)
     if order == "oldest":
@@ -80,7 +80,7 @@ def parse_selection(text: str | None) -> frozenset[str]:
     unknown = chosen - set(progress.SELECTIONS)
     if unknown or not chosen:
         raise InputError(f"--only takes a comma-separated list of {', '.join(progress.SELECTIONS)} "
-                         f"or all, not {text!r}")
+                         f"or all, not {quoted(text)}")
     return frozenset(chosen)
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import polars as pl
 
-from engine.errors import InputError, RepairConflict
+from engine.errors import InputError, RepairConflict, quoted
 from engine.formula import KEY
 from engine.month.diff import Diff
 from engine.store import db
@@ -79,7 +79,8 @@ def parse_fix(values: Iterable[str] | None) -> frozenset[str]:
     if "all" in chosen:
         return frozenset(FIXES)
     if unknown := chosen - set(FIXES):
-        raise InputError(f"--fix takes drift, duplicates, orphans or all, not {', '.join(sorted(unknown))}")
+        raise InputError("--fix takes drift, duplicates, orphans or all, not "
+                         f"{quoted(', '.join(sorted(unknown)))}")
     return frozenset(chosen)
 
 

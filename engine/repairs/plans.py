@@ -19,11 +19,12 @@ from typing import Any
 import polars as pl
 import pyarrow.parquet as pq
 
-from engine.errors import InputError, PlanOutdated
+from engine.errors import InputError, PlanOutdated, quoted, shown_path
 from engine.formula import KEY
 from engine.months import Month
 from engine.repairs.actions import ACTIONS_SCHEMA
 from engine.store import db
+from engine.store.paths import check_input, write_atomic
 from engine.store.schema import DEFAULT_SCHEMA, sql
 
 METADATA_KEY = "engine_plan"
@@ -105,35 +106,76 @@ def build(month: Month, fix: frozenset[str], formula: str, fingerprint: str,
 
 
 def write(plan: RepairPlan, path: Path) -> Path:
-    """Write the plan to `path` (a Parquet file; its parent must exist)."""
+    """Write the plan to `path` (a Parquet file; its folder must exist) through a temporary
+    file, so a failed write leaves `path` as it was. Raises `InputError` for a directory, a
+    special file (a device, a FIFO) or a missing folder, `EnvironmentProblem` for a full or
+    read-only disk."""
     table = plan.rows.to_arrow()
     table = table.replace_schema_metadata({METADATA_KEY: json.dumps(plan.metadata())})
-    pq.write_table(table, path)
-    return path
+    return write_atomic(path, lambda temporary: pq.write_table(table, temporary))
 
 
 def read(path: Path) -> RepairPlan:
-    """Read a plan written by `write`. Raises `InputError` for anything else."""
+    """Read a plan written by `write`. Raises `InputError` for anything else (a special file
+    is refused before it is opened)."""
+    check_input(path, "plan file")
     try:
         table = pq.read_table(path)
-    except FileNotFoundError:
-        raise InputError(f"plan file {path} does not exist") from None
     except Exception as error:  # pyarrow raises several types for a file that is not Parquet
-        raise InputError(f"{path} is not a plan file: {error}") from None
+        reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+        raise InputError(f"{shown_path(path)} is not a plan file: {reason}") from None
     raw = (table.schema.metadata or {}).get(METADATA_KEY.encode())
     if raw is None:
-        raise InputError(f"{path} is not a plan file (no {METADATA_KEY} metadata); make one with "
+        raise InputError(f"{shown_path(path)} is not a plan file (no {METADATA_KEY} metadata); make one with "
                          "`engine plan`")
-    meta = json.loads(raw)
-    if meta.get("format") != FORMAT:
-        raise InputError(f"{path} is a plan of format {meta.get('format')}; this engine reads {FORMAT}")
+    meta = _metadata(path, raw)
     rows = pl.from_arrow(table)
     assert isinstance(rows, pl.DataFrame)
     if set(rows.columns) != set(ACTIONS_SCHEMA.names()):
-        raise InputError(f"{path} does not have the columns of a plan")
-    return RepairPlan(Month.parse(meta["month"]), tuple(meta["fix"]), meta["formula"],
-                      meta["fingerprint"], rows.select(ACTIONS_SCHEMA.names()).cast(ACTIONS_SCHEMA),
-                      tuple(meta.get("models", ())), meta["created_at"])
+        raise InputError(f"{shown_path(path)} does not have the columns of a plan")
+    try:
+        rows = rows.select(ACTIONS_SCHEMA.names()).cast(ACTIONS_SCHEMA)
+    except pl.exceptions.PolarsError:
+        raise InputError(f"{shown_path(path)} has columns of the wrong types for a plan") from None
+    try:
+        month = Month.parse(meta["month"])
+    except InputError as error:
+        raise InputError(f"{shown_path(path)}: the plan's {error}") from None
+    return RepairPlan(month, tuple(meta["fix"]), meta["formula"], meta["fingerprint"], rows,
+                      tuple(meta["models"]), meta["created_at"])
+
+
+_JSON_NAMES: dict[type, str] = {str: "a string", list: "a list", int: "a number",
+                                float: "a number", bool: "true or false", dict: "an object"}
+#: The plan metadata's keys and the JSON type each must have.
+_META_TYPES: dict[str, type] = {"month": str, "fix": list, "formula": str, "fingerprint": str,
+                                "created_at": str}
+
+
+def _metadata(path: Path, raw: bytes) -> dict[str, Any]:
+    """The plan's metadata, checked key by key. Raises `InputError` naming what is wrong."""
+    try:
+        meta = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise InputError(f"{shown_path(path)} has plan metadata that is not valid JSON; "
+                         "make a new plan") from None
+    if not isinstance(meta, dict):
+        raise InputError(f"{shown_path(path)} has plan metadata that is not a JSON object; "
+                         "make a new plan")
+    if meta.get("format") != FORMAT:
+        raise InputError(f"{shown_path(path)} is a plan of format {quoted(meta.get('format'), 20)}; "
+                         f"this engine reads {FORMAT}")
+    for key, kind in _META_TYPES.items():
+        if not isinstance(meta.get(key), kind):
+            problem = ("lacks" if key not in meta
+                       else f"has {quoted(meta[key], 20)} ({_JSON_NAMES.get(type(meta[key]), 'null')}) as")
+            raise InputError(f"{shown_path(path)} {problem} its {key!r}, which must be "
+                             f"{_JSON_NAMES[kind]}; make a new plan")
+    meta.setdefault("models", [])
+    for key in ("fix", "models"):
+        if not isinstance(meta[key], list) or not all(isinstance(v, str) for v in meta[key]):
+            raise InputError(f"{shown_path(path)} has a {key!r} that is not a list of names; make a new plan")
+    return meta
 
 
 def check_fingerprint(cursor: db.Cursor, plan: RepairPlan, *,

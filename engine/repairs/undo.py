@@ -28,11 +28,11 @@ from typing import Any
 import adbc_driver_manager
 import polars as pl
 
-from engine.errors import UndoRefused
+from engine.errors import InputError, UndoRefused
 from engine.formula import KEY
 from engine.months import Month
 from engine.store import db, schema
-from engine.store.paths import write_parquet
+from engine.store.paths import check_input, environment_problem, write_parquet, write_text
 from engine.store.schema import CALCULATIONS, DEFAULT_SCHEMA, KEY_COLUMNS, sql
 
 MANIFEST, BEFORE, INSERTED = "manifest.json", "before.parquet", "inserted.parquet"
@@ -161,38 +161,59 @@ def write_record(undo_dir: Path, record: UndoRecord, *, inserted: Path | None,
     `inserted` is the Parquet file of the rows staged for insert (hard-linked, not copied).
     """
     folder = directory(undo_dir, record.run_id)
-    shutil.rmtree(folder, ignore_errors=True)  # an earlier, recreated database had this id
-    folder.mkdir(parents=True)
-    if inserted is not None:
-        target = folder / INSERTED
-        target.unlink(missing_ok=True)
-        try:
-            os.link(inserted, target)
-        except OSError:  # another file system
-            shutil.copyfile(inserted, target)
+    try:
+        shutil.rmtree(folder, ignore_errors=True)  # an earlier, recreated database had this id
+        folder.mkdir(parents=True)
+        if inserted is not None:
+            target = folder / INSERTED
+            target.unlink(missing_ok=True)
+            try:
+                os.link(inserted, target)
+            except OSError:  # another file system
+                shutil.copyfile(inserted, target)
+    except OSError as error:
+        raise environment_problem(error, folder, "write the undo record in") from None
     if before.height:
         write_parquet(before, folder / BEFORE)
-    manifest = folder / MANIFEST
-    manifest.write_text(json.dumps(record.to_dict(), indent=2) + "\n")
+    write_text(folder / MANIFEST, json.dumps(record.to_dict(), indent=2) + "\n")
     return folder
 
 
 def read_record(undo_dir: Path, run_id: int) -> tuple[UndoRecord, pl.DataFrame, pl.DataFrame]:
-    """The run's record, before-images and inserted keys. Raises `UndoRefused` without one.
+    """The run's record, before-images and inserted keys. Raises `UndoRefused` without one or
+    with a damaged one.
 
     Images of earlier versions lie in `data/undo/<run id>/`, shared by every database: they are
     still read (`restore` refuses unless the rows are exactly as that run left them)."""
     folder = directory(undo_dir, run_id)
     if not (folder / MANIFEST).exists() and (directory(undo_dir.parent, run_id) / MANIFEST).exists():
         folder = directory(undo_dir.parent, run_id)
-    try:
-        record = UndoRecord.from_dict(json.loads((folder / MANIFEST).read_text()))
-    except FileNotFoundError:
+    if not (folder / MANIFEST).exists():
         raise UndoRefused(f"run {run_id} has no undo record in {folder} (a dry run, a run that "
-                          "changed nothing, or another data directory)") from None
-    before = pl.read_parquet(folder / BEFORE) if (folder / BEFORE).exists() else pl.DataFrame()
-    keys = (pl.read_parquet(folder / INSERTED).select(KEY) if record.inserted
-            else pl.DataFrame(schema=_KEY_SCHEMA))
+                          "changed nothing, or another data directory)")
+    damaged = f"the undo record of run {run_id} in {folder} is damaged"
+    for name in (MANIFEST, BEFORE, INSERTED):
+        if (folder / name).exists():
+            try:
+                check_input(folder / name, "undo file")
+            except InputError as error:
+                raise UndoRefused(f"{damaged}: {error}") from None
+    try:
+        record = UndoRecord.from_dict(json.loads((folder / MANIFEST).read_text(encoding="utf-8")))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError):
+        raise UndoRefused(f"{damaged}: {MANIFEST} cannot be read (truncated or edited?)") from None
+    if record.run_id != run_id:
+        raise UndoRefused(f"{damaged}: {MANIFEST} is the record of run {record.run_id}")
+    try:
+        before = (pl.read_parquet(folder / BEFORE).select(ROW_COLUMNS)
+                  if (folder / BEFORE).exists() else pl.DataFrame())
+    except (OSError, pl.exceptions.PolarsError):
+        raise UndoRefused(f"{damaged}: {BEFORE} cannot be read (truncated?)") from None
+    try:
+        keys = (pl.read_parquet(folder / INSERTED).select(KEY) if record.inserted
+                else pl.DataFrame(schema=_KEY_SCHEMA))
+    except (OSError, pl.exceptions.PolarsError):
+        raise UndoRefused(f"{damaged}: {INSERTED} cannot be read (truncated?)") from None
     return record, before, keys
 
 

@@ -119,9 +119,19 @@ def server_summary(status: ServerStatus) -> str:
 
 
 def difficulty_summary(result: DifficultyLoad) -> str:
-    return (f"{result.dates:,} date(s) from {result.first} to {result.last}: "
-            f"{result.inserted:,} inserted, {result.updated:,} updated, "
-            f"{result.unchanged:,} unchanged")
+    """`engine difficulty load`: the counts, then each replaced value (the first few)."""
+    verbs = ("new", "to update", "unchanged") if result.dry_run else ("inserted", "updated",
+                                                                      "unchanged")
+    lines = [f"{result.dates:,} date(s) from {result.first} to {result.last}: "
+             f"{result.inserted:,} {verbs[0]}, {result.updated:,} {verbs[1]}, "
+             f"{result.unchanged:,} {verbs[2]}"]
+    for change in result.changes:
+        lines.append(f"  {change.settlement_date}  {change.old} → {change.new}")
+    if result.updated > len(result.changes):
+        lines.append(f"  … and {result.updated - len(result.changes):,} more changed value(s)")
+    if result.dry_run:
+        lines.append("dry run: nothing was written")
+    return "\n".join(lines)
 
 
 def diff_summary(report: DiffReport) -> str:

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from engine.errors import InputError
+from engine.errors import InputError, quoted
 from engine.reference import REFERENCE_DIR
 
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
@@ -34,14 +34,17 @@ class Settings:
     statement_timeout_ms: int = 300_000
     # The schema of the engine's own tables (a plain lower-case identifier; see store.schema).
     schema: str = "engine"
+    # libpq's connect_timeout for every connection (ADBC and connectorx); None: the URL's own
+    # `connect_timeout`, else 10 s.
+    connect_timeout_s: float | None = None
     # A Slack-compatible incoming webhook; its URL is a secret, so it stays out of repr().
     alert_webhook: str | None = field(default=None, repr=False)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
         """Read `ENGINE_DATABASE_URL`, `ENGINE_DATA_DIR`, `ENGINE_SCHEMA`, `ENGINE_MINER_MODELS`,
-        `ENGINE_LOCK_TIMEOUT_MS` and `ENGINE_STATEMENT_TIMEOUT_MS`; `overrides` win.
-        Raises `InputError` for a value that cannot be used."""
+        `ENGINE_LOCK_TIMEOUT_MS`, `ENGINE_STATEMENT_TIMEOUT_MS` and `ENGINE_CONNECT_TIMEOUT_S`;
+        `overrides` win. Raises `InputError` for a value that cannot be used."""
         env = os.environ if environ is None else environ
         values: dict[str, object] = {}
         if url := env.get("ENGINE_DATABASE_URL"):
@@ -56,6 +59,9 @@ class Settings:
                           ("ENGINE_STATEMENT_TIMEOUT_MS", "statement_timeout_ms")):
             if name in env:
                 values[key] = _positive_int(name, env[name])
+        if "ENGINE_CONNECT_TIMEOUT_S" in env:
+            values["connect_timeout_s"] = _seconds("ENGINE_CONNECT_TIMEOUT_S",
+                                                   env["ENGINE_CONNECT_TIMEOUT_S"])
         # ENGINE_ALERT_WEBHOOK: where alerts are posted (engine.operations.alerts).
         if webhook := env.get("ENGINE_ALERT_WEBHOOK"):
             if not webhook.startswith(("http://", "https://")):
@@ -89,9 +95,19 @@ def _positive_int(name: str, text: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise InputError(f"{name}={text!r} is not a whole number") from None
+        raise InputError(f"{name}={quoted(text)} is not a whole number") from None
     if value <= 0:
         raise InputError(f"{name} must be positive, not {value}")
+    return value
+
+
+def _seconds(name: str, text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise InputError(f"{name}={quoted(text)} is not a number of seconds") from None
+    if not (math.isfinite(value) and 0 < value <= 3600):
+        raise InputError(f"{name} must be more than 0 and at most 3600 seconds, not {quoted(text)}")
     return value
 
 
@@ -113,7 +129,7 @@ def load_miner_models(path: Path) -> tuple[MinerModel, ...]:
     for name, spec in raw.items():
         if not isinstance(spec, dict) or set(spec) != _MODEL_KEYS:
             raise InputError(
-                f"miner model {name!r} in {path} must have exactly the keys "
+                f"miner model {quoted(name)} in {path} must have exactly the keys "
                 f"{', '.join(sorted(_MODEL_KEYS))}"
             )
         numbers = {key: spec[key] for key in _MODEL_KEYS}
@@ -121,7 +137,7 @@ def load_miner_models(path: Path) -> tuple[MinerModel, ...]:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
                 math.isfinite(value) and value > 0
             ):
-                raise InputError(f"miner model {name!r}: {key} must be a positive number")
+                raise InputError(f"miner model {quoted(name)}: {key} must be a positive number")
         models.append(MinerModel(name, float(numbers["hashrate_th"]), float(numbers["power_w"])))
     if not models:
         raise InputError(f"miner models file {path} defines no model")

@@ -7,11 +7,12 @@ cannot bind parameters: only typed values are rendered into its SQL, by `literal
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import adbc_driver_manager
@@ -20,9 +21,17 @@ import connectorx as cx
 import pyarrow as pa
 from adbc_driver_manager.dbapi import Connection, Cursor
 
-from engine.errors import DatabaseUnavailable, EngineError, InputError, Interrupted, SchemaError
+from engine.errors import (
+    DatabaseUnavailable,
+    EngineError,
+    EnvironmentProblem,
+    Interrupted,
+    SchemaError,
+)
+from engine.store import dsn
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # SQLSTATEs of failures that are worth trying again: serialization failure, deadlock, lock
 # timeout, statement timeout / cancel, shutdown and connection loss.
@@ -34,25 +43,15 @@ class TransientDatabaseError(EngineError):
 
 
 def mask_url(url: str) -> str:
-    """The URL with its password replaced by `***` and without its parameters (which may
-    hold a password too), safe to print and to store."""
-    parts = urlsplit(url)._replace(query="", fragment="")
-    if parts.password is None:
-        return urlunsplit(parts)
-    user = parts.username or ""
-    host = parts.hostname or ""
-    try:
-        if parts.port is not None:
-            host = f"{host}:{parts.port}"
-    except ValueError:  # an invalid port: leave it out
-        pass
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    """The URL (or key=value string) with its password replaced by `***` and without its
+    parameters (which may hold a password too), safe to print and to store."""
+    return dsn.mask(url)
 
 
 def with_timeouts(url: str, *, lock_timeout_ms: int, statement_timeout_ms: int) -> str:
     """`url` with the session timeouts in its `options` parameter, so that connectorx reads
     give up behind a lock as the engine's own transactions do (`SET LOCAL` cannot reach them)."""
-    parts = urlsplit(url)
+    parts = urlsplit(check_url(url))
     query = parse_qsl(parts.query, keep_blank_values=True)
     options = " ".join(v for k, v in query if k == "options")
     options = (f"{options} -c lock_timeout={lock_timeout_ms} "
@@ -61,32 +60,70 @@ def with_timeouts(url: str, *, lock_timeout_ms: int, statement_timeout_ms: int) 
     return urlunsplit(parts._replace(query=urlencode(query, quote_via=quote)))
 
 
-def check_url(url: str) -> str:
-    """Return `url` if it is a TCP `postgresql://` URL; raise `InputError` naming the problem."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("postgresql", "postgres"):
-        raise InputError(f"database URL {mask_url(url)!r} must start with postgresql://")
-    if not parts.hostname:
-        raise InputError(
-            f"database URL {mask_url(url)!r} has no host; connectorx needs a TCP host, "
-            "not a Unix socket"
-        )
-    try:
-        parts.port  # noqa: B018 - raises ValueError for a bad port
-    except ValueError:
-        raise InputError(f"database URL {mask_url(url)!r} has an invalid port") from None
-    return url
+def check_url(url: str, *, connect_timeout_s: float | None = None) -> str:
+    """`url` (a TCP `postgresql://` URL or a libpq key=value string) as the URL the drivers
+    connect with, with its `connect_timeout`; raise `InputError` naming the problem."""
+    return dsn.normalize(url, connect_timeout_s=connect_timeout_s)
 
 
 def connect(url: str, *, autocommit: bool = False) -> Connection:
-    """Open an ADBC connection. Raises `DatabaseUnavailable` with a masked URL."""
-    check_url(url)
+    """Open an ADBC connection, giving up after the URL's `connect_timeout` (libpq's), and
+    letting Ctrl-C through meanwhile. Raises `DatabaseUnavailable` with a masked URL and a
+    scrubbed driver message."""
+    url = check_url(url)
     try:
-        return adbc.connect(url, autocommit=autocommit)
+        return _interruptible(lambda: adbc.connect(url, autocommit=autocommit),
+                              lambda conn: conn.close())
     except adbc_driver_manager.Error as error:
-        raise DatabaseUnavailable(
-            f"cannot connect to {mask_url(url)}: {_first_line(error)}"
-        ) from None
+        message = dsn.scrub(_first_line(error), url)
+        if "timeout expired" in message:
+            message += (f" (nothing answered as PostgreSQL within {dsn.connect_timeout(url)} s; "
+                        "ENGINE_CONNECT_TIMEOUT_S sets the limit)")
+        raise DatabaseUnavailable(f"cannot connect to {mask_url(url)}: {message}") from None
+
+
+def _interruptible(open_: Callable[[], T], close: Callable[[T], object]) -> T:
+    """`open_()` in a helper thread while this one waits, so that Ctrl-C interrupts the wait
+    at once (a C call in this thread would hold the signal back until it returns). What an
+    abandoned call opens later is closed."""
+    lock = threading.Lock()
+    outcome: dict[str, Any] = {}
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            value = open_()
+        except BaseException as error:  # handed to the waiting thread
+            outcome["error"] = error
+        else:
+            with lock:
+                if outcome.get("abandoned"):
+                    _close_quietly(close, value)
+                else:
+                    outcome["value"] = value
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name="engine-driver-call", daemon=True).start()
+    try:
+        while not done.wait(0.2):
+            pass
+    except BaseException:
+        with lock:
+            outcome["abandoned"] = True
+            if "value" in outcome:
+                _close_quietly(close, outcome["value"])
+        raise
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]  # type: ignore[no-any-return]
+
+
+def _close_quietly(close: Callable[[T], object], value: T) -> None:
+    try:
+        close(value)
+    except Exception:  # an abandoned connection: nobody is left to tell
+        log.debug("could not close an abandoned connection", exc_info=True)
 
 
 @contextmanager
@@ -196,12 +233,16 @@ def read_arrow(url: str, sql: str) -> pa.Table:
     """Run a read-only query through connectorx and return an Arrow table.
 
     Call it only after `connect` succeeded once: connectorx retries a refused connection for
-    half a minute before it gives up.
+    half a minute before it gives up (each try bounded by the URL's `connect_timeout`). The
+    read runs in a helper thread, so Ctrl-C in the main thread is not held back until it ends.
     """
+    url = check_url(url)
     try:
-        return cx.read_sql(url, sql, return_type="arrow")
+        return _interruptible(lambda: cx.read_sql(url, sql, return_type="arrow"),
+                              lambda table: None)
     except RuntimeError as error:
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        message = dsn.scrub(message, url)
         if "does not exist" in message:
             raise SchemaError(f"{message}; run `engine db init`") from None
         raise TransientDatabaseError(f"read from {mask_url(url)} failed: {message}") from None
@@ -223,13 +264,33 @@ def _rollback_quietly(conn: Connection) -> None:
         log.debug("rollback failed; the connection is gone", exc_info=True)
 
 
-def resolve_url(database_url: str | None, data_dir: Path) -> str:
-    """The configured URL, or the embedded server's (started if needed) under `data_dir`."""
+def resolve_url(database_url: str | None, data_dir: Path, *,
+                connect_timeout_s: float | None = None, create: bool = True) -> str:
+    """The configured URL (or key=value string, as a URL), or the embedded server's under
+    `data_dir`, started if needed; with `connect_timeout_s` as its `connect_timeout`.
+
+    Without `create`, a data directory that holds no embedded cluster yet raises
+    `DatabaseUnavailable` instead of creating one (a read-only command on a mistyped
+    ENGINE_DATA_DIR must not start a new server). Raises `EnvironmentProblem` when the data
+    directory cannot hold the cluster.
+    """
     if database_url:
-        return check_url(database_url)
+        return check_url(database_url, connect_timeout_s=connect_timeout_s)
     from engine.store.embedded import EmbeddedServer
 
-    status = EmbeddedServer(data_dir / "postgres").ensure_running()
+    pgdata = data_dir / "postgres"
+    if data_dir.exists() and not data_dir.is_dir():
+        raise EnvironmentProblem(f"the data directory {data_dir} is not a directory "
+                                 "(ENGINE_DATA_DIR names a file)")
+    if not create and not (pgdata / "PG_VERSION").is_file():
+        raise DatabaseUnavailable(
+            f"there is no embedded database in {pgdata} yet; run `engine demo` or `engine db "
+            "init` to create one, or set ENGINE_DATABASE_URL (is ENGINE_DATA_DIR right?)")
+    try:
+        status = EmbeddedServer(pgdata).ensure_running()
+    except OSError as error:
+        raise EnvironmentProblem(f"cannot set up the embedded PostgreSQL in {pgdata}: "
+                                 f"{error.strerror or error}") from None
     log.info("using the embedded PostgreSQL in %s on 127.0.0.1:%s", status.pgdata, status.port)
     assert status.url is not None
-    return status.url
+    return check_url(status.url, connect_timeout_s=connect_timeout_s)
