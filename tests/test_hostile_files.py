@@ -260,8 +260,8 @@ def _fixed_run(url: str, data_dir: Path) -> tuple[int, Path]:
     seed_damaged_december(url, Settings(database_url=url, data_dir=data_dir))
     result = engine("month", "2023-12", "--fix", "all", "--json", url=url, data_dir=data_dir)
     assert result.exit_code == 0, result.output
-    run_id = json.loads(result.stdout)["run_id"]
-    return run_id, data_dir / "undo" / str(run_id)
+    payload = json.loads(result.stdout)
+    return payload["run_id"], Path(payload["files"]["undo"])  # data/undo/<database>/<run id>
 
 
 @pytest.mark.parametrize("damage", ["manifest cut", "manifest not an object", "before-image cut"])
