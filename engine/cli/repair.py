@@ -22,7 +22,7 @@ def diff(
     first: Annotated[str | None, typer.Option("--from", help="First month of a range.")] = None,
     last: Annotated[str | None, typer.Option("--to", help="Last month of a range.")] = None,
     formula: FormulaOption = "v1",
-    samples: Annotated[int, typer.Option(help="Rows to show of each class.", min=0)] = 3,
+    samples: Annotated[int, typer.Option(help="Rows to show of each class.", min=0, max=10_000)] = 3,
     as_json: JsonOption = False,
 ) -> None:
     """Show what differs between the calculations and what the source implies: missing,

@@ -92,6 +92,9 @@ def report(
     chosen = "json" if as_json else format
     if chosen not in FORMATS:
         raise InputError(f"--format must be one of {', '.join(FORMATS)}, not {quoted(format)}")
+    if output is not None and chosen != "markdown":
+        raise InputError("--output is where --format markdown writes; give --format markdown, "
+                         "or --html FILE for the HTML page")
     for target in (html, output if chosen == "markdown" else None):
         if target is not None:  # refused before the database is read
             check_output(target)

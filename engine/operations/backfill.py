@@ -173,6 +173,10 @@ def run_backfill(settings: Settings, request: BackfillRequest, *, url: str | Non
                 if not sees_all_sessions(cursor):
                     log.warning(LIMITED_VIEW)
         with control.transaction() as cursor:
+            for gone in backfills.close_abandoned(cursor, locks.BACKFILL_LOCK_CLASS,
+                                                  engine_schema=settings.schema):
+                log.warning("backfill %s was left running by a process that is gone; closed it "
+                            "as interrupted", gone)
             backfill_id = backfills.start_backfill(cursor, request.command, request.to_dict(),
                                                   [m.to_dict() for m in chosen.months], request.jobs,
                                                   engine_schema=settings.schema)
@@ -181,9 +185,16 @@ def run_backfill(settings: Settings, request: BackfillRequest, *, url: str | Non
         runner = _Runner(settings, url, request, backfill_id, chosen, emit,
                          alerter.month_failed if alerter else None, stop or threading.Event())
 
-        def heartbeat(status: str, error: str | None = None) -> None:
+        def heartbeat(status: str, error: str | None = None, *, at_once: bool = False) -> None:
             def update(cursor: db.Cursor) -> None:
-                backfills.update_backfill(cursor, backfill_id, status=status, counts=runner.counts(),
+                counts = runner.counts()
+                if at_once:  # the workers are cut short: count what their runs committed
+                    backfills.interrupt_runs(cursor, backfill_id, "interrupted",
+                                             engine_schema=settings.schema)
+                    verified, others, inserted = backfills.counts_of_runs(
+                        cursor, backfill_id, engine_schema=settings.schema)
+                    counts |= {"verified": verified, "failed": others, "inserted": inserted}
+                backfills.update_backfill(cursor, backfill_id, status=status, counts=counts,
                                          throttle=runner.throttle.record(), error=error,
                                          engine_schema=settings.schema)
             try:
@@ -201,7 +212,7 @@ def run_backfill(settings: Settings, request: BackfillRequest, *, url: str | Non
         try:
             runner.run(heartbeat)
         except KeyboardInterrupt:
-            _quietly(heartbeat, "interrupted", "interrupted")
+            _quietly(heartbeat, "interrupted", "interrupted", at_once=True)
             raise
         except BaseException as error:
             _quietly(heartbeat, "failed", f"{type(error).__name__}: {error}")
@@ -363,8 +374,8 @@ def _summary_error(result: BackfillResult) -> str:
     return "; ".join(f"{o.month}: {o.error}" for o in bad[:5])
 
 
-def _quietly(function: Callable[..., None], *args: Any) -> None:
+def _quietly(function: Callable[..., None], *args: Any, **kwargs: Any) -> None:
     try:
-        function(*args)
+        function(*args, **kwargs)
     except Exception:  # bookkeeping must not hide the run's own outcome
         log.warning("could not update the backfill record", exc_info=True)

@@ -46,6 +46,9 @@ class Settings:
         `ENGINE_LOCK_TIMEOUT_MS`, `ENGINE_STATEMENT_TIMEOUT_MS` and `ENGINE_CONNECT_TIMEOUT_S`;
         `overrides` win. Raises `InputError` for a value that cannot be used."""
         env = os.environ if environ is None else environ
+        for variable in _VARIABLES:  # set but empty is a broken template, not "use the default"
+            if variable in env and not env[variable].strip():
+                raise InputError(f"{variable} is set but empty; unset it or give it a value")
         values: dict[str, object] = {}
         if url := env.get("ENGINE_DATABASE_URL"):
             values["database_url"] = url
@@ -114,15 +117,28 @@ def _seconds(name: str, text: str) -> float:
 _MODEL_KEYS = {"hashrate_th", "power_w"}
 
 
+#: The variables `Settings.from_env` reads.
+_VARIABLES = ("ENGINE_DATABASE_URL", "ENGINE_DATA_DIR", "ENGINE_SCHEMA", "ENGINE_MINER_MODELS",
+              "ENGINE_LOCK_TIMEOUT_MS", "ENGINE_STATEMENT_TIMEOUT_MS", "ENGINE_CONNECT_TIMEOUT_S",
+              "ENGINE_ALERT_WEBHOOK")
+#: A miner models file is a few lines; anything this large is the wrong file.
+_MODELS_MAX_BYTES = 1_000_000
+
+
 def load_miner_models(path: Path) -> tuple[MinerModel, ...]:
     """Read the miner models from a TOML file of `[NAME] hashrate_th = … power_w = …` tables.
 
     Raises `InputError` for a missing file, an unknown or missing key, or a non-positive number.
     """
+    from engine.store.paths import check_input  # here: `engine --help` need not import Polars
+
+    check_input(path, "miner models file", max_bytes=_MODELS_MAX_BYTES)
     try:
-        raw = tomllib.loads(path.read_text())
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise InputError(f"miner models file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise InputError(f"cannot read miner models file {path}: {error}") from None
     except tomllib.TOMLDecodeError as error:
         raise InputError(f"miner models file {path} is not valid TOML: {error}") from None
     models = []

@@ -202,7 +202,7 @@ def _json_pairs(path: Path, text: str) -> list[tuple[str, object]]:
         seen: set[str] = set()
         for key, _ in items:
             if key in seen:
-                raise InputError(f"{shown_path(path)}: key {quoted(key, 30)} is given twice")
+                raise InputError(f"{shown_path(path)}: key {_shown(key)} is given twice")
             seen.add(key)
         return _Object(items)
 
@@ -227,6 +227,18 @@ def _json_pairs(path: Path, text: str) -> list[tuple[str, object]]:
     return list(data)
 
 
+def _shown(raw: object) -> str:
+    """A bad date or key as the error shows it: quoted when it looks like a date gone wrong,
+    else only its length (the wrong file, a .pgpass say, must not be echoed)."""
+    text = raw if isinstance(raw, str) else str(raw)
+    if _DATELIKE.fullmatch(text):
+        return quoted(text, 30)
+    return f"a value of {len(text):,} character(s)"
+
+
+_DATELIKE = re.compile(r"[0-9 ./:T-]{1,30}")
+
+
 def _csv_pairs(path: Path, text: str) -> list[tuple[str, object]]:
     pairs: list[tuple[str, object]] = []
     reader = csv.reader(io.StringIO(text, newline=""))
@@ -237,9 +249,8 @@ def _csv_pairs(path: Path, text: str) -> list[tuple[str, object]]:
             if not pairs and [c.strip().lower() for c in row] == ["date", "difficulty"]:
                 continue
             if len(row) != 2:
-                shown = quoted(",".join(row), 40)
-                raise InputError(f"{shown_path(path)}: line {reader.line_num} should be date,difficulty, "
-                                 f"not {shown}")
+                raise InputError(f"{shown_path(path)}: line {reader.line_num} should be "
+                                 f"date,difficulty, not {len(row)} field(s)")
             pairs.append((row[0].strip(), row[1].strip()))
     except csv.Error as error:
         raise InputError(f"{shown_path(path)}: line {reader.line_num} is not CSV ({error})") from None
@@ -253,7 +264,7 @@ def _parse_date(path: Path, raw: object, dates: DateRange) -> date:
             raise ValueError
         day = date.fromisoformat(text)
     except ValueError:
-        raise InputError(f"{shown_path(path)}: {quoted(raw, 30)} is not a date of the form "
+        raise InputError(f"{shown_path(path)}: {_shown(raw)} is not a date of the form "
                          "YYYY-MM-DD") from None
     if not dates.first <= day <= dates.last:
         raise InputError(f"{shown_path(path)}: date {day} is outside {dates.first}..{dates.last} "

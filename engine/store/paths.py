@@ -12,6 +12,7 @@ existing folder is an `InputError` (exit 2), refused before anything is opened.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
@@ -106,6 +107,8 @@ def write_atomic(path: Path, write: Callable[[Path], object], *, make_parents: b
     temporary = Path(name)
     try:
         write(temporary)
+        with contextlib.suppress(FileNotFoundError):  # a replaced file keeps its mode
+            os.chmod(temporary, stat.S_IMODE(os.stat(path).st_mode))
         os.replace(temporary, path)
     except BaseException as error:
         temporary.unlink(missing_ok=True)
