@@ -9,7 +9,10 @@ step needs, and `pg_stat_activity` shows where the engine waits.
 from __future__ import annotations
 
 import json
+import os
 import signal
+import socket
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -22,6 +25,7 @@ from engine.store import db
 from tests.conftest import execute, with_database
 from tests.test_faults import (
     CALCULATIONS,
+    ENGINE,
     bitcoin,
     engine_waits_on,
     run_engine,
@@ -198,3 +202,31 @@ def test_a_second_ctrl_c_during_a_backfill_stops_at_once_and_says_what_was_commi
     backfill = execute(database_url, """SELECT status, months_verified, rows_inserted
                                         FROM reconciliation_backfills""")
     assert backfill == [("interrupted", 0, 0)]
+
+
+@pytest.mark.parametrize("command", [("month", "2023-12"), ("run", "--jobs", "2")],
+                         ids=["month", "run"])
+def test_ctrl_c_while_connecting_to_a_silent_port_stops_at_once(
+        tmp_path: Path, command: tuple[str, ...]) -> None:
+    """A port that accepts connections and never answers: without the signal the engine would
+    wait out its 30 s connect timeout."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    try:
+        url = f"postgresql://engine@127.0.0.1:{silent.getsockname()[1]}/engine"
+        engine = subprocess.Popen(
+            [*ENGINE, *command], env={**os.environ, "ENGINE_DATABASE_URL": url,
+                                      "ENGINE_DATA_DIR": str(tmp_path),
+                                      "ENGINE_CONNECT_TIMEOUT_S": "30"},
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(2)
+        started = time.monotonic()
+        engine.send_signal(signal.SIGINT)
+        _, stderr = engine.communicate(timeout=25)
+        seconds = time.monotonic() - started
+    finally:
+        silent.close()
+
+    assert engine.returncode == 130, stderr
+    assert seconds < 5 and stderr.strip().endswith("interrupted") and "Traceback" not in stderr

@@ -120,12 +120,16 @@ def test_load_aware_run_backs_off_while_others_are_busy_and_records_it(database_
     sleepers = [threading.Thread(target=sleeper) for _ in range(3)]
     for thread in sleepers:
         thread.start()
-    sleeping = ("FROM pg_stat_activity WHERE query LIKE '%pg_sleep(60)%' "
-                "AND pid <> pg_backend_pid() AND state = 'active'")
+    # ADBC sends a query as COPY (…) TO STDOUT; only the sleepers' own text starts so.
+    sleeping = ("FROM pg_stat_activity WHERE query LIKE 'COPY (SELECT pg_sleep(60))%' "
+                "AND state = 'active'")
     wait_until(lambda: execute(database_url, f"SELECT count(*) {sleeping}")[0][0] == 3)
 
+    woken = threading.Event()
+
     def wake_them(event) -> None:
-        if event.kind == "done":
+        if event.kind == "done" and not woken.is_set():
+            woken.set()
             execute(database_url, f"SELECT pg_cancel_backend(pid) {sleeping}")
 
     result = backfill(settings, jobs=2, on_event=wake_them,

@@ -28,6 +28,7 @@ from engine.store.config import Settings
 
 if TYPE_CHECKING:  # for annotations only
     from engine.operations.backfill import BackfillRequest, BackfillResult, Event
+    from engine.operations.stopping import StopRequest
     from engine.reporting.backlog import DailySummary
 
 Jobs = Annotated[int, typer.Option("--jobs", "-j", min=1, max=32,
@@ -150,9 +151,10 @@ def scheduled(
                               load_aware=load_aware, busy_backends=busy_backends)
     with graceful_stop() as stop, dashboard("scheduled", jobs) as on_event:
         result = run_scheduled(settings, url=url, jobs=jobs, throttle=throttle,
-                               retry=RetryPolicy(attempts=retries + 1), on_event=on_event,
+                               retry=RetryPolicy(attempts=retries + 1),
+                               on_event=_arming(stop, on_event),
                                alerter=Alerter(settings.alert_webhook, source="engine scheduled"),
-                               stop=stop)
+                               stop=stop.event)
     if result.backfill is not None:
         write_daily_summary(settings, url)
     emit(result.to_dict() if as_json else status_text.scheduled_summary(result), as_json)
@@ -164,11 +166,20 @@ def _backfill(settings: Settings, url: str, request: BackfillRequest) -> Backfil
     from engine.operations.backfill import run_backfill
 
     with graceful_stop() as stop, dashboard("run", request.jobs) as on_event:
-        result = run_backfill(settings, request, url=url, on_event=on_event,
+        result = run_backfill(settings, request, url=url, on_event=_arming(stop, on_event),
                               alerter=Alerter(settings.alert_webhook, source="engine run"),
-                              stop=stop)
+                              stop=stop.event)
     write_daily_summary(settings, url)
     return result
+
+
+def _arming(stop: StopRequest, on_event: Callable[[Event], None]) -> Callable[[Event], None]:
+    """Arm the graceful stop when the plan is made: connected, months about to start."""
+    def arm_then(event: Event) -> None:
+        if event.kind == "plan":
+            stop.arm()
+        on_event(event)
+    return arm_then
 
 
 def _print_plan(settings: Settings, url: str, request: BackfillRequest, as_json: bool) -> None:

@@ -8,12 +8,11 @@ import json
 import logging
 import math
 import sys
-import threading
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
@@ -57,6 +56,9 @@ err = _Stderr()
 _state: dict[str, Any] = {"debug": False, "stop": None}
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+if TYPE_CHECKING:
+    from engine.operations.stopping import StopRequest
 
 
 def finite(value: float | None) -> float | None:
@@ -113,16 +115,17 @@ def exit_code(code: int) -> int:
 
 
 @contextmanager
-def graceful_stop() -> Iterator[threading.Event]:
-    """For commands that write month by month: the first SIGINT or SIGTERM lets the months in
-    progress finish (or stop before they write); the second stops at once. Yields the event
-    the library checks."""
+def graceful_stop() -> Iterator[StopRequest]:
+    """For commands that write month by month: once `arm()`ed (connected, about to start), the
+    first SIGINT or SIGTERM lets the months in progress finish (or stop before they write) and
+    the second stops at once; before that, a signal stops at once. The library checks
+    `stop.event`."""
     from engine.operations.stopping import StopRequest, stop_on_signals
 
     stop = StopRequest()
     _state["stop"] = stop
     with stop_on_signals(stop):
-        yield stop.event
+        yield stop
 
 
 #: The longest error line printed; messages quote what was typed in a few dozen characters,

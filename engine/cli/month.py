@@ -58,8 +58,9 @@ def month(
     url = resolve_database(settings)
     with graceful_stop() as stop, open_session(settings, url) as session, \
             step_spinner() as on_step:
+        stop.arm()  # connected: from here a first signal lets the month finish
         result = reconcile_month(session, target, dry_run=dry_run, on_step=on_step, fix=fixes,
-                                 version=formula, stop=stop)
+                                 version=formula, stop=stop.event)
     emit(result.to_dict() if as_json else results.month_summary(result), as_json)
     raise typer.Exit(exit_code(result.exit_code))
 

@@ -25,11 +25,17 @@ EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
 
 class StopRequest:
-    """Set by the first signal; every worker checks it between steps."""
+    """Set by the first signal; every worker checks it between steps. Until it is `armed`
+    (the work is connected and about to start months) a signal stops at once: there is
+    nothing to finish, and a connection attempt should not be waited out."""
 
     def __init__(self) -> None:
         self.event = threading.Event()
         self.signum: int | None = None
+        self.armed = False
+
+    def arm(self) -> None:
+        self.armed = True
 
     def request(self, signum: int = signal.SIGINT) -> None:
         if self.signum is None:
@@ -67,7 +73,8 @@ def stop_on_signals(stop: StopRequest) -> Iterator[StopRequest]:
         return
 
     def handler(signum: int, frame: FrameType | None) -> None:
-        if stop.requested:
+        if stop.requested or not stop.armed:
+            stop.request(signum)
             raise HardStop(stop.exit_code)
         stop.request(signum)
         log.warning("%s: finishing the month(s) in progress, then stopping (again to stop now)",
