@@ -250,32 +250,40 @@ def test_killed_after_its_merge_before_the_commit_nothing_of_the_month_is_visibl
     assert_rerun_completes_it(database_url, tmp_path, want, inserted=60)
 
 
-@pytest.mark.slow
-def test_killed_during_verification_the_loaded_month_stays_whole_and_a_rerun_verifies_it(
-        database_url, tmp_path):
-    want, _ = seed_december(database_url)
-    with sessions(database_url, 3) as [writer_lock, progress_lock, exclusive]:
+@contextmanager
+def paused_in_verification(url: str, data_dir: Path) -> Iterator[subprocess.Popen]:
+    """`engine month 2023-12` stopped after its load committed, its verification's re-read
+    waiting on an ACCESS EXCLUSIVE lock that is released when the block ends."""
+    with sessions(url, 3) as [writer_lock, progress_lock, exclusive]:
         ours = [writer_lock, progress_lock, exclusive]
         writer_lock.run(f"LOCK TABLE {CALCULATIONS} IN SHARE MODE")
-        engine = start_engine(database_url, tmp_path)
-        wait_for(engine_waits_on(database_url, ours, f"INSERT INTO {CALCULATIONS}"),
+        engine = start_engine(url, data_dir)
+        wait_for(engine_waits_on(url, ours, f"INSERT INTO {CALCULATIONS}"),
                  engine, "the merge to wait")
         progress_lock.run("UPDATE reconciliation_progress SET updated_at = updated_at "
                           "WHERE month = '2023-12'")
         writer_lock.conn.rollback()
-        wait_for(engine_waits_on(database_url, ours, 'UPDATE "engine".reconciliation_progress'),
+        wait_for(engine_waits_on(url, ours, 'UPDATE "engine".reconciliation_progress'),
                  engine, "the load to wait after its merge")
         # Queued behind the load's transaction, granted at its commit, before the re-read.
         locker = threading.Thread(target=exclusive.run,
                                   args=(f"LOCK TABLE {CALCULATIONS} IN ACCESS EXCLUSIVE MODE",))
         locker.start()
-        wait_for(lambda: any(pid == exclusive.pid for pid, _ in waiting(database_url, [])),
+        wait_for(lambda: any(pid == exclusive.pid for pid, _ in waiting(url, [])),
                  engine, "the exclusive lock to queue")
         progress_lock.conn.rollback()
         locker.join(30)
         assert not locker.is_alive()
-        wait_for(engine_waits_on(database_url, ours, "SELECT settlement_date, settlement_period"),
+        wait_for(engine_waits_on(url, ours, "SELECT settlement_date, settlement_period"),
                  engine, "the verification's re-read to wait")
+        yield engine
+
+
+@pytest.mark.slow
+def test_killed_during_verification_the_loaded_month_stays_whole_and_a_rerun_verifies_it(
+        database_url, tmp_path):
+    want, _ = seed_december(database_url)
+    with paused_in_verification(database_url, tmp_path) as engine:
         assert month_status(database_url) == ("in_progress", "loaded")
         kill(engine)
     wait_until_engine_backends_are_gone(database_url, [])

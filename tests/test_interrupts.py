@@ -13,7 +13,6 @@ import os
 import signal
 import socket
 import subprocess
-import threading
 import time
 from pathlib import Path
 
@@ -28,12 +27,12 @@ from tests.test_faults import (
     ENGINE,
     bitcoin,
     engine_waits_on,
+    paused_in_verification,
     run_engine,
     seed_december,
     sessions,
     start_engine,
     wait_for,
-    waiting,
 )
 from tests.test_undo_plan import export
 
@@ -86,30 +85,9 @@ def test_ctrl_c_during_verification_keeps_the_committed_month_verified_and_undoa
         database_url: str, tmp_path: Path) -> None:
     want, present = seed_december(database_url)
     before = export(database_url)
-    with sessions(database_url, 3) as [writer_lock, progress_lock, exclusive]:
-        ours = [writer_lock, progress_lock, exclusive]
-        writer_lock.run(f"LOCK TABLE {CALCULATIONS} IN SHARE MODE")
-        engine = start_engine(database_url, tmp_path)
-        wait_for(engine_waits_on(database_url, ours, f"INSERT INTO {CALCULATIONS}"),
-                 engine, "the merge to wait")
-        progress_lock.run("UPDATE reconciliation_progress SET updated_at = updated_at "
-                          "WHERE month = '2023-12'")
-        writer_lock.conn.rollback()
-        wait_for(engine_waits_on(database_url, ours, 'UPDATE "engine".reconciliation_progress'),
-                 engine, "the load to wait after its merge")
-        # Queued behind the load's transaction, granted at its commit, before the re-read.
-        locker = threading.Thread(target=exclusive.run,
-                                  args=(f"LOCK TABLE {CALCULATIONS} IN ACCESS EXCLUSIVE MODE",))
-        locker.start()
-        wait_for(lambda: any(pid == exclusive.pid for pid, _ in waiting(database_url, [])),
-                 engine, "the exclusive lock to queue")
-        progress_lock.conn.rollback()
-        locker.join(30)
-        wait_for(engine_waits_on(database_url, ours, "SELECT settlement_date, settlement_period"),
-                 engine, "the verification's re-read to wait")
+    with paused_in_verification(database_url, tmp_path) as engine:
         engine.send_signal(signal.SIGINT)
-        exclusive.conn.rollback()
-        stdout, stderr = engine.communicate(timeout=60)
+    stdout, stderr = engine.communicate(timeout=60)  # the lock is gone with the block
 
     assert engine.returncode == 130, stderr
     assert json.loads(stdout)["status"] == "verified"  # the month it was writing was finished

@@ -16,8 +16,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
 
-from engine.errors import Interrupted
-
 log = logging.getLogger(__name__)
 
 #: The exit code of a process stopped by each signal (128 + its number).
@@ -49,11 +47,6 @@ class StopRequest:
     @property
     def exit_code(self) -> int:
         return EXIT_CODES.get(signal.Signals(self.signum or signal.SIGINT), 130)
-
-    def check(self, what: str) -> None:
-        """Raise `Interrupted` if a stop was requested (call it where stopping is safe)."""
-        if self.requested:
-            raise Interrupted(f"interrupted before {what}", self.exit_code)
 
 
 class HardStop(KeyboardInterrupt):
