@@ -208,10 +208,10 @@ def test_duckdb_has_views_over_the_parquet_and_the_gaps(demo: explore.Workspace)
         assert con.sql("SELECT count(*) FROM gaps_missing").fetchall() == [(gaps.missing.height,)]
     rows = reconcile(demo)
     with explore.open_duckdb(demo) as con:
-        assert set(explore.DATASETS) <= {r[0] for r in con.sql("SHOW TABLES").fetchall()}
+        # `after` (the month read back) exists only where verification found it differed.
+        assert set(explore.DATASETS) - {"after"} == {r[0] for r in con.sql("SHOW TABLES").fetchall()}
         assert con.sql("SELECT month, count(*) FROM missing GROUP BY month").fetchall() == [
             ("2023-12", rows["missing_before"])]
-        assert con.sql("SELECT count(*) FROM after").fetchall() == [(rows["expected"] + rows["orphans"],)]
 
 
 def test_diff_files_whose_columns_differ_are_read_together(tmp_path: Path) -> None:

@@ -7,7 +7,8 @@ without any hook in the product: another session holds a lock that the step need
 `pg_stat_activity` shows where the engine waits. A SHARE lock on the calculations table lets
 the extract read but stops the merge's INSERT; a row lock on the month's progress row stops
 the load's transaction after the merge, before its commit; an ACCESS EXCLUSIVE request queued
-behind that transaction is granted at its commit and stops the verification's re-read.
+behind that transaction is granted at its commit and stops the verification's reading of the
+month.
 """
 
 from __future__ import annotations
@@ -251,9 +252,11 @@ def test_killed_after_its_merge_before_the_commit_nothing_of_the_month_is_visibl
 
 
 @contextmanager
-def paused_in_verification(url: str, data_dir: Path) -> Iterator[subprocess.Popen]:
-    """`engine month 2023-12` stopped after its load committed, its verification's re-read
-    waiting on an ACCESS EXCLUSIVE lock that is released when the block ends."""
+def paused_in_verification(url: str, data_dir: Path, meanwhile: str | None = None
+                           ) -> Iterator[subprocess.Popen]:
+    """`engine month 2023-12` stopped after its load committed, its verification's reading
+    of the month waiting on an ACCESS EXCLUSIVE lock that is released when the block ends
+    (after `meanwhile`, run and committed by the lock's holder, if given)."""
     with sessions(url, 3) as [writer_lock, progress_lock, exclusive]:
         ours = [writer_lock, progress_lock, exclusive]
         writer_lock.run(f"LOCK TABLE {CALCULATIONS} IN SHARE MODE")
@@ -274,9 +277,12 @@ def paused_in_verification(url: str, data_dir: Path) -> Iterator[subprocess.Pope
         progress_lock.conn.rollback()
         locker.join(30)
         assert not locker.is_alive()
-        wait_for(engine_waits_on(url, ours, "SELECT settlement_date, settlement_period"),
-                 engine, "the verification's re-read to wait")
+        wait_for(engine_waits_on(url, ours, "SELECT 'calculations'"),
+                 engine, "the verification's reading of the month to wait")
         yield engine
+        if meanwhile is not None:
+            exclusive.run(meanwhile)
+            exclusive.conn.commit()
 
 
 @pytest.mark.slow
@@ -333,8 +339,11 @@ def live_app_rows(want: dict[Key, Decimal], present: list[Key]) -> list[Key]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("unique_index", [True, False], ids=["unique index", "no index"])
-def test_a_writer_inserting_the_same_month_meanwhile_leaves_no_duplicate(
+def test_a_writer_inserting_the_same_month_meanwhile_makes_it_read_again_with_no_duplicate(
         database_url, tmp_path, unique_index):
+    """The live app inserts six of the missing rows while the engine's write waits for it:
+    the write rolls back (the index rejects a key, or the rows it did not write are not the
+    snapshot's), the month is read again and the other 54 are inserted."""
     want, present = seed_december(database_url)
     if not unique_index:
         execute(database_url, "DROP INDEX historical_bitcoin_calculations_key")
@@ -353,7 +362,8 @@ def test_a_writer_inserting_the_same_month_meanwhile_leaves_no_duplicate(
 
     assert engine.returncode == 0, stderr
     rows = json.loads(stdout)["rows"]
-    assert (rows["missing_before"], rows["inserted"], rows["already_present"]) == (60, 54, 6)
+    assert (rows["missing_before"], rows["inserted"], rows["already_present"]) == (54, 54, 0)
+    assert "reading it again" in stderr
     assert bitcoin(database_url) == want  # every key once
     assert execute(database_url, f"""SELECT count(*) FROM {CALCULATIONS}
                                      WHERE calculated_at = '2000-01-01'""") == [(6,)]
@@ -363,10 +373,10 @@ def test_a_writer_inserting_the_same_month_meanwhile_leaves_no_duplicate(
 
 
 @pytest.mark.slow
-def test_a_writer_inserting_a_wrong_value_meanwhile_fails_the_verification_and_is_kept(
+def test_a_writer_inserting_a_wrong_value_meanwhile_is_kept_and_reported_as_drift(
         database_url, tmp_path):
-    """The live app writes one missing row with a wrong value during the run: the engine does
-    not duplicate or overwrite it; verification fails (exit 1); a rerun reports it as drift."""
+    """The live app writes one missing row with a wrong value during the run: the engine
+    reads the month again, does not duplicate or overwrite it, and reports it as drift."""
     want, present = seed_december(database_url)
     key = live_app_rows(want, present)[0]
     with sessions(database_url, 1) as [app]:
@@ -378,10 +388,28 @@ def test_a_writer_inserting_a_wrong_value_meanwhile_fails_the_verification_and_i
         app.conn.commit()
         stdout, stderr = engine.communicate(timeout=60)
 
+    assert engine.returncode == 0, stderr
+    assert json.loads(stdout)["rows"]["drift"] == 1
+    assert bitcoin(database_url) == {**want, key: Decimal(1)}
+
+
+@pytest.mark.slow
+def test_a_writer_changing_a_row_after_the_commit_fails_the_verification_and_names_it(
+        database_url, tmp_path):
+    """Between the write's commit and the verification another session edits a row the run
+    inserted: the month's fingerprint is not the predicted one, the month is read back, and
+    `rows_exact` fails naming the row with got and want (exit 1)."""
+    want, present = seed_december(database_url)
+    key = live_app_rows(want, present)[0]
+    edit = (f"UPDATE {CALCULATIONS} SET bitcoin_mined = bitcoin_mined + 0.00000001 "
+            f"WHERE settlement_date = '{key[0]}' AND settlement_period = {key[1]} "
+            f"AND farm_id = '{key[2]}' AND miner_model = '{key[3]}'")
+    with paused_in_verification(database_url, tmp_path, meanwhile=edit) as engine:
+        pass
+    stdout, stderr = engine.communicate(timeout=60)
+
     assert engine.returncode == 1, stderr
-    assert json.loads(stdout)["status"] == "unverified"
-    assert bitcoin(database_url) == {**want, key: Decimal(1)}
-    rerun = run_engine(database_url, tmp_path)
-    assert rerun.returncode == 0, rerun.stderr
-    assert json.loads(rerun.stdout)["rows"]["drift"] == 1
-    assert bitcoin(database_url) == {**want, key: Decimal(1)}
+    checks = {c["name"]: c for c in json.loads(stdout)["verdict"]["checks"]}
+    assert not checks["rows_exact"]["passed"]
+    assert f"{key[0]} p{key[1]} {key[2]} {key[3]}" in checks["rows_exact"]["detail"]
+    assert month_status(database_url) == ("failed", "unverified")

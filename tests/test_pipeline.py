@@ -163,17 +163,22 @@ def test_drift_and_orphans_are_reported_and_left_alone(settings, database_url):
 
 
 def test_a_row_another_writer_inserted_meanwhile_is_not_duplicated(settings, database_url):
+    """The app inserts one of the missing keys (with its own value) after the diff: the write
+    rolls back, the month is read again, and the app's row is kept and reported as drift."""
     seed_december(database_url)
+    written = []
 
     def live_app_writes(month: Month, step: str) -> None:
-        if step == "load":  # after the diff, before the merge
+        if step == "load" and not written:  # after the diff, before the merge
+            written.append(step)
             execute(database_url, """INSERT INTO historical_bitcoin_calculations (settlement_date,
                 settlement_period, farm_id, miner_model, bitcoin_mined, difficulty)
                 VALUES ('2023-12-02', 48, 'C', 'S9', 0.00012345, 67305906902031.39)""")
 
     result = reconcile(settings, on_step=live_app_writes)
 
-    assert result.rows["inserted"] == 8 and result.rows["already_present"] == 1
+    assert result.status == "verified"
+    assert (result.rows["missing_before"], result.rows["inserted"], result.rows["drift"]) == (8, 8, 1)
     assert len(calculations(database_url)) == 9
 
 

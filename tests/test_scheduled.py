@@ -45,22 +45,28 @@ def test_new_records_and_a_new_month_are_reconciled_then_nothing_is_due(database
 
     assert code == 0
     assert reasons(payload) == {"2024-02": "new", "2023-12": "changed"}
-    assert "records 1 → 2" in payload["changes"][1]["detail"]
+    assert "source 2023-12-11: 0 → 1 row(s)" in payload["changes"][1]["detail"]
     assert payload["backfill"]["counts"]["inserted"] == 6
     assert key_counts(database_url) == (12, 12)
     assert (again, after["changes"]) == (0, [])
 
 
-def test_a_reingested_day_makes_its_month_due(database_url, tmp_path):
+def test_a_reingested_day_makes_its_month_due_only_when_a_value_changed(database_url, tmp_path):
+    """Re-ingesting a day with the same values changes nothing the month is computed from;
+    with one volume changed, the month is due."""
     seed_two_months(database_url)
     engine(database_url, tmp_path, "run")
     execute(database_url, "DELETE FROM curtailment_records WHERE settlement_date = '2023-11-10'")
     insert_curtailment(database_url, [("2023-11-10", 5, "A", "-2")])  # same values, new id
 
+    same, unchanged = scheduled(database_url, tmp_path)
+    execute(database_url, "DELETE FROM curtailment_records WHERE settlement_date = '2023-11-10'")
+    insert_curtailment(database_url, [("2023-11-10", 5, "A", "-2.5")])
     code, payload = scheduled(database_url, tmp_path)
 
+    assert same == 0 and unchanged["changes"] == []
     assert code == 0 and reasons(payload) == {"2023-11": "changed"}
-    assert "max id" in payload["changes"][0]["detail"]
+    assert "source 2023-11-10: 1 row(s), values changed" in payload["changes"][0]["detail"]
     assert payload["backfill"]["months"][0]["status"] == "verified"
 
 
@@ -90,15 +96,25 @@ def test_an_overlapping_start_does_nothing_and_exits_0(database_url, tmp_path):
     assert execute(database_url, "SELECT count(*) FROM reconciliation_runs") == [(0,)]
 
 
-def test_a_month_verified_by_engine_month_is_checked_once(database_url, tmp_path):
+def test_a_month_verified_before_fingerprints_were_kept_is_checked_once(database_url, tmp_path):
     seed_two_months(database_url)
     assert engine(database_url, tmp_path, "month", "2023-12").exit_code == 0
+    execute(database_url, "DELETE FROM reconciliation_fingerprints")  # as an older version left it
 
     _, first = scheduled(database_url, tmp_path)
     _, second = scheduled(database_url, tmp_path)
 
     assert reasons(first) == {"2023-12": "unfingerprinted", "2023-11": "new"}
     assert second["changes"] == []
+
+
+def test_a_month_verified_by_engine_month_is_not_due(database_url, tmp_path):
+    seed_two_months(database_url)
+    assert engine(database_url, tmp_path, "month", "2023-12").exit_code == 0
+
+    _, first = scheduled(database_url, tmp_path)
+
+    assert reasons(first) == {"2023-11": "new"}
 
 
 def test_the_cron_line_and_the_systemd_units_start_engine_scheduled():

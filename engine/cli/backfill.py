@@ -55,8 +55,9 @@ def run(
     order: Annotated[str, typer.Option(
         help="plan (2024 newest first, then 2023 from December, then 2022), newest or oldest.")] = "plan",
     only: Annotated[str | None, typer.Option(
-        help="Months by status, comma-separated: missing (never reconciled), failed, stale "
-        "(left in progress by a process that is gone), completed, or all. "
+        help="Months by status, comma-separated: missing (never reconciled), failed, "
+        "interrupted, stale (left in progress by a process that is gone), regressed (verified, "
+        "then its calculations changed: `engine status --check`), completed, or all. "
         "Default: every month not completed.")] = None,
     jobs: Jobs = 3,
     wait: Annotated[bool, typer.Option(

@@ -26,16 +26,38 @@ def status(
         "process) live, read from the progress tables, until it ends.")] = False,
     interval: Annotated[float, typer.Option(
         min=0.1, callback=finite, help="Seconds between refreshes of --watch.")] = 2.0,
+    check: Annotated[bool, typer.Option(
+        "--check", help="Compare every verified month with the database in one pass: list the "
+        "days whose source changed, and mark the months whose calculations changed since they "
+        "were verified `regressed` (alerting through ENGINE_ALERT_WEBHOOK). Exit 1 when "
+        "anything changed.")] = False,
+    first: Annotated[str | None, typer.Option(
+        "--from", help="With --check: the first month to check, YYYY-MM.")] = None,
+    last: Annotated[str | None, typer.Option(
+        "--to", help="With --check: the last month to check, YYYY-MM.")] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Where the reconciliation stands: percent reconciled overall, per year and per miner
-    model; months by status; rows expected, present and missing; the last run and when."""
+    model; months by status; rows expected, present and missing; the last run and when.
+    With --check, what changed since the months were verified."""
     from engine.month.session import open_session
     from engine.reporting import status_text
     from engine.reporting.status import get_status
 
+    if (first or last) and not check:
+        raise InputError("--from and --to go with --check")
+    bounds = (Month.parse(first) if first else None, Month.parse(last) if last else None)
     settings = Settings.from_env()
     url = resolve_database(settings, create=False)
+    if check:
+        from engine.operations.alerts import Alerter
+        from engine.operations.check import run_check
+        from engine.reporting.check_text import check_text
+
+        checked = run_check(settings, url, *bounds,
+                            alerter=Alerter(settings.alert_webhook, source="engine status --check"))
+        emit(checked.to_dict() if as_json else check_text(checked), as_json)
+        raise typer.Exit(checked.exit_code)
     if watch:
         _watch(settings, url, interval, as_json)
         return

@@ -281,8 +281,9 @@ def runs(ws: Workspace, months: Months = None) -> pl.DataFrame:
 
 def open_duckdb(ws: Workspace, gaps: Gaps | None = None) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB connection with a view per Parquet dataset that has files
-    (`DATASETS`: curtailment_records, calculations, difficulty, after, expected, missing,
-    drift, orphans, duplicates; all months, hive-partitioned: a `month` column), and with a
+    (`DATASETS`: curtailment_records, calculations, difficulty, expected, missing, drift,
+    orphans, duplicates, and `after`, the months verification read back because they were not
+    as predicted; all months, hive-partitioned: a `month` column), and with a
     `gaps` also its frames as `gaps_expected`, `gaps_missing`, `gaps_drift`, …
     The caller closes it."""
     connection = duckdb.connect()
@@ -320,7 +321,7 @@ def _read_months(ws: Workspace, months: list[Month]) -> Iterator[extract.Snapsho
         curtailment, calculations, difficulty = (extract.read(read_url, sql) for sql in (
             extract.curtailment_sql(month), extract.calculations_sql(month),
             extract.difficulty_sql(month, ws.settings.schema)))
-        return extract.Snapshot(month, curtailment, calculations, difficulty, files={})
+        return extract.Snapshot.of_frames(month, curtailment, calculations, difficulty, {})
 
     # connectorx releases the GIL: a few months are read at once, in order.
     with ThreadPoolExecutor(3) as pool:

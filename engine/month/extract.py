@@ -9,6 +9,7 @@ from pathlib import Path
 import polars as pl
 
 from engine.errors import SourceDataError
+from engine.month import fingerprints
 from engine.months import Month
 from engine.store import db
 from engine.store.paths import Layout, write_parquet
@@ -21,15 +22,16 @@ def _in_month(month: Month) -> str:
 
 
 def curtailment_sql(month: Month) -> str:
-    return ("SELECT id, settlement_date, settlement_period, farm_id, lead_party_name, volume "
-            f"FROM curtailment_records WHERE {_in_month(month)}")
+    return ("SELECT id, settlement_date, settlement_period, farm_id, lead_party_name, volume, "
+            f"{fingerprints.SOURCE_HASH} AS row_hash FROM curtailment_records WHERE {_in_month(month)}")
 
 
 def calculations_sql(month: Month, *, narrow: bool = False) -> str:
-    """All columns for the snapshot; with `narrow`, what verification reads: key and values."""
+    """All columns for the snapshot (with each row's hash); with `narrow`, what verification
+    reads when it names the rows that differ: key and values."""
     columns = "settlement_date, settlement_period, farm_id, miner_model, bitcoin_mined, difficulty"
     if not narrow:
-        columns = f"id, {columns}, calculated_at"
+        columns = f"id, {columns}, calculated_at, {fingerprints.CALCULATIONS_HASH} AS row_hash"
     return f"SELECT {columns} FROM {CALCULATIONS} WHERE {_in_month(month)}"
 
 
@@ -41,19 +43,35 @@ def non_finite_sql(month: Month) -> str:
 
 
 def difficulty_sql(month: Month, engine_schema: str = DEFAULT_SCHEMA) -> str:
-    return (f"SELECT settlement_date, difficulty FROM {table('bitcoin_difficulty', engine_schema)} "
+    return (f"SELECT settlement_date, difficulty, {fingerprints.DIFFICULTY_HASH} AS row_hash "
+            f"FROM {table('bitcoin_difficulty', engine_schema)} "
             f"WHERE {_in_month(month)}")
 
 
 @dataclass(frozen=True)
 class Snapshot:
-    """A month as the database held it, and where its Parquet copies are."""
+    """A month as the database held it, where its Parquet copies are, and its fingerprint
+    (`prints`, per table and day, from the hashes PostgreSQL gave each row read;
+    `calculation_hashes` keeps each calculation row's: id, settlement_date, row_hash)."""
 
     month: Month
     curtailment: pl.DataFrame
     calculations: pl.DataFrame
     difficulty: pl.DataFrame
     files: dict[str, Path]
+    prints: fingerprints.Prints
+    calculation_hashes: pl.DataFrame
+
+    @classmethod
+    def of_frames(cls, month: Month, curtailment: pl.DataFrame, calculations: pl.DataFrame,
+                  difficulty: pl.DataFrame, files: dict[str, Path]) -> Snapshot:
+        """The snapshot of frames read with the SQL above (each with its `row_hash`)."""
+        frames = {"source": curtailment, "calculations": calculations, "difficulty": difficulty}
+        prints = {key: day for kind, frame in frames.items()
+                  for key, day in fingerprints.of_frame(kind, frame).items()}
+        return cls(month, curtailment.drop("row_hash"), calculations.drop("row_hash"),
+                   difficulty.drop("row_hash"), files, prints,
+                   calculations.select("id", "settlement_date", "row_hash"))
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -81,15 +99,15 @@ def extract_month(url: str, month: Month, layout: Layout, *,
             if name == "curtailment_records":
                 _reject_non_finite(url, month)
             raise
-        return frame, write_parquet(frame, layout.extract(name, month))
+        return frame, write_parquet(frame.drop("row_hash"), layout.extract(name, month))
 
     # connectorx and Parquet writes release the GIL: the three reads overlap.
     with ThreadPoolExecutor(len(queries)) as pool:
         done = dict(zip(queries, pool.map(read_and_write, queries), strict=True))
     frames = {name: frame for name, (frame, _) in done.items()}
     files = {name: path for name, (_, path) in done.items()}
-    return Snapshot(month, frames["curtailment_records"], frames[CALCULATIONS],
-                    frames["bitcoin_difficulty"], files)
+    return Snapshot.of_frames(month, frames["curtailment_records"], frames[CALCULATIONS],
+                              frames["bitcoin_difficulty"], files)
 
 
 def extract_after(url: str, month: Month, layout: Layout) -> Path:

@@ -34,19 +34,18 @@ CREATE TEMPORARY TABLE {STAGE_DIFFICULTY} (
     difficulty numeric NOT NULL
 ) ON COMMIT DROP
 """
-_STAGED = f"{STAGE} JOIN {STAGE_DIFFICULTY} USING (settlement_date)"
+#: The staged rows as they will be inserted.
+STAGED = f"{STAGE} JOIN {STAGE_DIFFICULTY} USING (settlement_date)"
 
-# With the unique index the plain insert is tried first: the index rejects a key another
-# writer inserted since the extract (`KeyConflict`), and the caller runs the transaction
-# again with ON CONFLICT, which costs 40% more (one more index probe and WAL record per row).
-# Sorted input keeps the index maintenance on neighbouring pages.
+# With the unique index a plain insert: the index rejects a key another writer inserted since
+# the extract (`KeyConflict`: the month is read again). Sorted input keeps the index
+# maintenance on neighbouring pages.
 MERGE = f"""
 INSERT INTO {CALCULATIONS} ({_COLUMNS}, calculated_at)
-SELECT {_COLUMNS}, localtimestamp FROM {_STAGED} ORDER BY {_KEY}
+SELECT {_COLUMNS}, localtimestamp FROM {STAGED} ORDER BY {_KEY}
 """
-MERGE_ON_CONFLICT = f"{MERGE} ON CONFLICT ({_KEY}) DO NOTHING"
 
-# Without it (duplicates block the index), writers are held off for the statement instead.
+# Without it (duplicates block the index), writers are held off for the transaction instead.
 LOCK_TARGET = f"LOCK TABLE {CALCULATIONS} IN SHARE ROW EXCLUSIVE MODE"
 MERGE_NOT_EXISTS = f"""
 INSERT INTO {CALCULATIONS} ({_COLUMNS}, calculated_at)
@@ -74,16 +73,21 @@ class LoadResult:
 
 
 class KeyConflict(Exception):
-    """Another writer inserted one of the keys; the transaction must be rolled back and the
-    load run again with `skip_conflicts=True`."""
+    """Another writer inserted one of the keys; the transaction must be rolled back."""
 
 
-def load_missing(cursor: db.Cursor, missing: pl.DataFrame, *, unique_key: bool,
-                 skip_conflicts: bool = False) -> LoadResult:
+def hold_off_writers(cursor: db.Cursor) -> None:
+    """Without the unique index, keep other writers of the calculations table waiting until
+    the transaction ends (they could insert a key between the check and the insert)."""
+    cursor.execute(LOCK_TARGET)
+
+
+def load_missing(cursor: db.Cursor, missing: pl.DataFrame, *, unique_key: bool) -> LoadResult:
     """Insert `missing` (expected-rows schema) into the calculations table; return the counts.
 
-    `unique_key` says whether the unique index exists (see `schema.has_unique_key`). Raises
-    `KeyConflict` when a key is already present, unless `skip_conflicts`.
+    `unique_key` says whether the unique index exists (see `schema.has_unique_key`); without
+    it the caller holds writers off first (`hold_off_writers`). Raises `KeyConflict` when a key
+    is already present.
     """
     if missing.is_empty():
         return LoadResult(0, 0)
@@ -94,10 +98,7 @@ def load_missing(cursor: db.Cursor, missing: pl.DataFrame, *, unique_key: bool,
     days = missing.select("settlement_date", "difficulty").unique()
     cursor.adbc_ingest(STAGE_DIFFICULTY, days.to_arrow(), mode="append", temporary=True)
     if not unique_key:
-        cursor.execute(LOCK_TARGET)
         return LoadResult(int(staged), db.execute(cursor, MERGE_NOT_EXISTS))
-    if skip_conflicts:
-        return LoadResult(int(staged), db.execute(cursor, MERGE_ON_CONFLICT))
     try:
         return LoadResult(int(staged), db.execute(cursor, MERGE))
     except adbc_driver_manager.IntegrityError as error:

@@ -8,11 +8,9 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from decimal import Decimal
 from typing import Any
 
-from engine.month import locks
-from engine.month.fingerprints import Fingerprint
+from engine.month import fingerprints, locks
 from engine.months import Month
 from engine.store import db
 from engine.store.schema import DEFAULT_SCHEMA, sql
@@ -43,6 +41,7 @@ WHERE month = $1
 FINISH_MONTH = """
 UPDATE {engine}.reconciliation_progress SET
     status = $2, last_error = $3, updated_at = now(),
+    last_error_kind = CASE WHEN $2 = 'completed' THEN NULL ELSE last_error_kind END,
     finished_at = CASE WHEN $2 IN ('completed', 'failed', 'interrupted') THEN now() END
 WHERE month = $1
 """
@@ -97,12 +96,12 @@ def _json(value: Mapping[str, Any] | None) -> str | None:
 # --- month states, source fingerprints, attempts, backfill records ----------------------------
 
 #: What `engine run --only` selects by; `running` (locked by a live process) is never selectable.
-SELECTIONS = ("missing", "failed", "interrupted", "stale", "completed")
+SELECTIONS = ("missing", "failed", "interrupted", "stale", "regressed", "completed")
 
 
 MONTH_STATES = """
 SELECT month, status, attempts, retries, last_error, last_error_kind, last_run_id, started_at,
-       finished_at, source_records, source_max_id, source_max_created_at, source_volume::text
+       finished_at
 FROM {engine}.reconciliation_progress WHERE month >= $1 AND month <= $2
 """
 
@@ -139,7 +138,7 @@ class MonthState:
     """A month's progress row and whether a live process holds its lock."""
 
     month: Month
-    status: str  # not_started | in_progress | completed | failed
+    status: str  # not_started | in_progress | completed | failed | interrupted | regressed
     locked: bool
     attempts: int = 0
     retries: int = 0
@@ -148,12 +147,12 @@ class MonthState:
     last_run_id: int | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
-    fingerprint: Fingerprint | None = None
 
     @property
     def selection(self) -> str:
-        """`missing` (never reconciled), `failed`, `interrupted`, `completed`, `stale` (in
-        progress, its process gone) or `running` (its lock is held)."""
+        """`missing` (never reconciled), `failed`, `interrupted`, `completed`, `regressed`
+        (completed, its calculations changed since), `stale` (in progress, its process gone)
+        or `running` (its lock is held)."""
         if self.locked:
             return "running"
         return {"not_started": "missing", "in_progress": "stale"}.get(self.status, self.status)
@@ -166,11 +165,8 @@ def month_states(cursor: db.Cursor, first: Month, last: Month, *,
     states = {}
     for row in db.fetch_all(cursor, sql(MONTH_STATES, engine_schema), (str(first), str(last))):
         month = Month.parse(row[0])
-        fingerprint = None
-        if row[9] is not None:
-            fingerprint = Fingerprint(int(row[9]), int(row[10]), row[11], Decimal(row[12]))
         states[month] = MonthState(month, row[1], month in held, int(row[2]), int(row[3]), row[4],
-                                   row[5], row[6], row[7], row[8], fingerprint)
+                                   row[5], row[6], row[7], row[8])
     for month in held - states.keys():
         states[month] = MonthState(month, "not_started", True)
     return states
@@ -198,3 +194,36 @@ def close_abandoned_runs(cursor: db.Cursor, month: Month, reason: str, *,
                                                     (str(month), reason))]
 
 
+
+
+RECORD_SNAPSHOT = "UPDATE {engine}.reconciliation_runs SET snapshot = $2::jsonb WHERE id = $1"
+
+
+def record_snapshot(cursor: db.Cursor, run_id: int, prints: fingerprints.Prints, *, reads: int,
+                    engine_schema: str = DEFAULT_SCHEMA) -> None:
+    """Store on the run which state of the database the month was computed from: per table,
+    its rows, days and the sum of its rows' hashes (`engine.month.fingerprints`), and after how
+    many reads (more than one: the database moved under an earlier one)."""
+    state: dict[str, dict[str, Any]] = {kind: {"rows": 0, "days": 0, "hash": 0}
+                                        for kind in fingerprints.KINDS}
+    for (kind, _), day in prints.items():
+        state[kind]["rows"] += day.rows
+        state[kind]["days"] += 1
+        state[kind]["hash"] += day.hash
+    for entry in state.values():
+        entry["hash"] = str(entry["hash"])
+    cursor.execute(sql(RECORD_SNAPSHOT, engine_schema), (run_id, json.dumps({**state, "reads": reads})))
+
+
+MARK_REGRESSED = """
+UPDATE {engine}.reconciliation_progress SET status = 'regressed', last_error = $2,
+    last_error_kind = 'regressed', last_error_at = now(), updated_at = now()
+WHERE month = $1 AND status = 'completed'
+"""
+
+
+def mark_regressed(cursor: db.Cursor, month: Month, why: str, *,
+                   engine_schema: str = DEFAULT_SCHEMA) -> bool:
+    """A completed month whose calculations changed since they were verified; False when the
+    month was not `completed` (nothing changed)."""
+    return db.execute(cursor, sql(MARK_REGRESSED, engine_schema), (str(month), why)) > 0

@@ -20,9 +20,9 @@ import polars as pl
 
 from engine import formula
 from engine.errors import EngineError, InputError, Interrupted, PlanOutdated, SourceDataError, quoted
-from engine.month import diff, extract, load, progress, summaries, verify
+from engine.month import diff, extract, fingerprints, progress, summaries, verify
 from engine.month.session import Session, month_lock
-from engine.month.write import Written, row_counts, write_month
+from engine.month.write import SnapshotMoved, Written, row_counts, write_month
 from engine.months import Month
 from engine.repairs import actions, causes, plans
 from engine.store import db
@@ -36,6 +36,8 @@ StepCallback = Callable[[Month, str], None]
 
 #: Statuses of a month's result; these exit 0, `unverified` exits 1.
 OK_STATUSES = ("verified", "nothing_to_do", "dry_run")
+#: How often a month is read again when the database moved between its extract and its write.
+READS = 3
 
 
 @dataclass(frozen=True)
@@ -216,38 +218,50 @@ def _reconcile(session: Session, month: Month, job: _Job, on_step: StepCallback 
 
         run_id = None if job.dry_run else _start_run(session, month, job)
         try:
-            examined = examine(session, month, job.version, snapshot=snapshot, steps=steps)
-            before = examined.diff
-            files |= examined.files
-            with steps("diff"):
-                changes = actions.plan_actions(before, job.fix)
-            asked["causes"] = causes.count(before)
-            if job.plan is not None:
-                _check_plan(job.plan, before, changes, job)
-            if run_id is None:
-                return MonthResult(month, "dry_run", None, row_counts(before), steps.timings, files=files,
-                                   repairs=actions.counts(changes), **asked)
+            for read in range(1, READS + 1):
+                examined = examine(session, month, job.version, snapshot=snapshot, steps=steps)
+                before = examined.diff
+                files |= examined.files
+                with steps("diff"):
+                    changes = actions.plan_actions(before, job.fix)
+                asked["causes"] = causes.count(before)
+                if job.plan is not None:
+                    _check_plan(job.plan, before, changes, job)
+                if run_id is None:
+                    return MonthResult(month, "dry_run", None, row_counts(before), steps.timings,
+                                       files=files, repairs=actions.counts(changes), **asked)
 
-            job.check_stop("the write")  # from here on the month is finished, then verified
-            with steps("load"):
+                job.check_stop("the write")  # from here on the month is finished, then verified
                 try:
-                    written = write_month(session, month, run_id, before, changes,
-                                          version=job.version, fix=job.fix, plan=job.plan,
-                                          files=files, skip_conflicts=False)
-                except load.KeyConflict:
-                    log.info("%s: another writer inserted some of the keys; merging around them",
-                             month)
-                    written = write_month(session, month, run_id, before, changes,
-                                          version=job.version, fix=job.fix, plan=job.plan,
-                                          files=files, skip_conflicts=True)
+                    with steps("load"):
+                        written = write_month(session, snapshot, run_id, before, changes,
+                                              version=job.version, fix=job.fix, plan=job.plan,
+                                              files=files, reads=read)
+                    break
+                except SnapshotMoved as error:
+                    if read == READS:
+                        raise
+                    log.warning("%s; reading it again (read %d of %d)", error, read + 1, READS)
+                job.check_stop("the extract")
+                with steps("extract"):
+                    snapshot = extract.extract_month(session.read_url, month, layout,
+                                                     engine_schema=session.engine_schema)
+            assert run_id is not None  # a dry run returned above
             left = actions.remaining(before, job.fix)
+            # PostgreSQL's part runs on a helper thread (the session's one connection, one
+            # statement at a time): ADBC cancels a statement of the main thread on Ctrl-C, and
+            # the first Ctrl-C lets a committed month finish its verification.
             with steps("verify"), ThreadPoolExecutor(1) as pool:
-                # The summaries are checked in PostgreSQL while DuckDB checks the rows.
-                check = pool.submit(_check_summaries, session, month, written)
-                after = extract.extract_after(session.read_url, month, layout)
-                files["after"] = str(after)
+                now = pool.submit(_calculations_now, session, month).result()
+                check = pool.submit(_check_summaries, session, month, written)  # while DuckDB runs
+                moved = fingerprints.differences(written.predicted, now)
+                after = None
+                if moved:  # the table is not as predicted: read it back to name the rows
+                    after = extract.extract_after(session.read_url, month, layout)
+                    files["after"] = str(after)
                 verdict = verify.verify_month(
                     expected=layout.expected(month), after=after,
+                    moved=fingerprints.describe(moved),
                     curtailment=snapshot.files["curtailment_records"], before=left,
                     snapshot=snapshot.files[CALCULATIONS], changed=written.repaired.applied,
                     inserted=before.missing,
@@ -258,6 +272,10 @@ def _reconcile(session: Session, month: Month, job: _Job, on_step: StepCallback 
             counts = left.counts() | {"inserted": written.loaded.inserted, "present": verdict.present}
             with steps("record"), session.transaction() as cursor:
                 progress.record_counts(cursor, month, counts, engine_schema=session.engine_schema)
+                if verdict.verified:  # what `engine status --check` compares with later
+                    source = {k: v for k, v in snapshot.prints.items() if k[0] == "source"}
+                    fingerprints.store(cursor, month, run_id, source | now,
+                                       engine_schema=session.engine_schema)
                 progress.finish(cursor, month, run_id, run_status=status,
                                 month_status="completed" if verdict.verified else "failed",
                                 rows=rows, timings=steps.timings, verdict=verdict.to_dict(),
@@ -295,6 +313,13 @@ def find_differences(snapshot: extract.Snapshot, expected: pl.DataFrame, toleran
     """The snapshot's diff against the expected rows, its drift and duplicates with causes."""
     found = diff.compare(expected, snapshot.calculations, tolerance, snapshot.curtailment)
     return causes.explain(found, snapshot.curtailment, models, version)
+
+
+def _calculations_now(session: Session, month: Month) -> fingerprints.Prints:
+    """The month's calculations as the table holds them now, per day."""
+    with db.translated_errors(session.url), session.transaction() as cursor:
+        return fingerprints.query(cursor, month, month, ("calculations",),
+                                  engine_schema=session.engine_schema)
 
 
 def _check_summaries(session: Session, month: Month, written: Written) -> tuple[verify.Check, ...]:

@@ -1,5 +1,11 @@
 """The month's one write transaction: load, repairs, summaries, undo image, counts and run
-row commit together or not at all. Never commits anything else."""
+row commit together or not at all. Never commits anything else.
+
+Its last statement, after every lock it waited for, asks PostgreSQL for the month's
+fingerprint (`engine.month.fingerprints`): if the source, the difficulty or the calculations it
+did not write moved since the extract, it rolls back and raises `SnapshotMoved`, and the month
+is computed again from a fresh extract. It returns the fingerprint it predicts for the
+calculations once committed, which verification checks."""
 
 from __future__ import annotations
 
@@ -11,11 +17,15 @@ from pathlib import Path
 
 import polars as pl
 
-from engine.month import diff, load, progress, summaries, verify
+from engine.month import diff, extract, fingerprints, load, progress, summaries, verify
 from engine.month.session import Session
-from engine.months import Month
 from engine.repairs import actions, causes, plans, undo
-from engine.store import schema
+from engine.store import db, schema
+
+
+class SnapshotMoved(db.TransientDatabaseError):
+    """The month's source, difficulty or calculations changed between the extract and the
+    write; nothing was written."""
 
 
 @dataclass(frozen=True)
@@ -27,24 +37,34 @@ class Written:
     refreshed: summaries.SummaryRefresh | None
     summary_days: tuple[date, ...] | None  # None: the whole month
     undo: Path | None
+    predicted: fingerprints.Prints  # the month's calculations, per day, as the run leaves them
 
 
-def write_month(session: Session, month: Month, run_id: int, before: diff.Diff,
+def write_month(session: Session, snapshot: extract.Snapshot, run_id: int, before: diff.Diff,
                 changes: pl.DataFrame, *, version: str, fix: frozenset[str],
-                plan: plans.RepairPlan | None, files: dict[str, str],
-                skip_conflicts: bool) -> Written:
+                plan: plans.RepairPlan | None, files: dict[str, str], reads: int = 1) -> Written:
     """The one transaction that writes: the missing rows, the repairs (`changes`), the
     summaries, the undo record (before the commit), the month's counts and the run row, left
-    `loaded`. Raises `load.KeyConflict` when another writer inserted some of the keys and
-    `skip_conflicts` is off; nothing is then written."""
+    `loaded`, with the state the month was computed from. Raises `SnapshotMoved` when the
+    database no longer holds the `snapshot` the diff was taken from (another writer changed
+    the source or inserted one of the keys); nothing is then written. `reads`: how many times
+    the month was read before this snapshot, recorded with it."""
+    month = snapshot.month
     folder = undo.directory(session.undo_dir, run_id)
     try:
         with session.transaction() as cursor:
             if plan is not None:
                 plans.check_fingerprint(cursor, plan, engine_schema=session.engine_schema)
-            loaded = load.load_missing(cursor, before.missing, unique_key=session.unique_key,
-                                       skip_conflicts=skip_conflicts)
+            if not session.unique_key:  # no index to reject a key: hold writers off instead
+                load.hold_off_writers(cursor)
+            try:
+                loaded = load.load_missing(cursor, before.missing, unique_key=session.unique_key)
+            except load.KeyConflict as error:
+                raise SnapshotMoved(f"another writer inserted some of the keys of {month} since "
+                                    "it was read") from error
+            added = fingerprints.staged(cursor, load.STAGED) if loaded.staged else {}
             repaired = actions.apply_actions(cursor, changes)
+            updated = fingerprints.staged(cursor, actions.UPDATED) if repaired.changed else {}
             changed = bool(loaded.inserted or repaired.changed)
             refreshed, days, record_folder = None, None, None
             if changed or fix:  # a repair makes the whole month's summaries right
@@ -58,19 +78,41 @@ def write_month(session: Session, month: Month, run_id: int, before: diff.Diff,
                 record_folder = undo.write_record(
                     session.undo_dir, record, before=repaired.before,
                     inserted=Path(files["diff_missing"]) if loaded.inserted else None)
-            written = Written(loaded, repaired, refreshed, days, record_folder)
+            removed = snapshot.calculation_hashes.filter(
+                pl.col("id").is_in(repaired.applied["id"].implode()))
+            untouched = fingerprints.plus(fingerprints.of_kinds(snapshot.prints, "calculations"),
+                                          minus=[fingerprints.of_frame("calculations", removed)])
+            predicted = fingerprints.plus(untouched, added, updated)
+            written = Written(loaded, repaired, refreshed, days, record_folder, predicted)
             left = actions.remaining(before, fix)
             progress.record_counts(cursor, month, left.counts() | {"inserted": loaded.inserted},
                                    engine_schema=session.engine_schema)
             progress.finish(cursor, month, run_id, run_status="loaded", month_status="in_progress",
                             rows=row_counts(before, written), engine_schema=session.engine_schema)
+            progress.record_snapshot(cursor, run_id, snapshot.prints, reads=reads,
+                                     engine_schema=session.engine_schema)
             cursor.execute(schema.sql(actions.RECORD, session.engine_schema), (
                 run_id, json.dumps(causes.count(before)), json.dumps(repaired.to_dict()),
                 json.dumps(refreshed.to_dict() if refreshed else None)))
+            _check_unmoved(cursor, session, snapshot, untouched)
         return written
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)  # nothing was committed: nothing to undo
         raise
+
+
+def _check_unmoved(cursor: db.Cursor, session: Session, snapshot: extract.Snapshot,
+                   untouched: fingerprints.Prints) -> None:
+    """Raise `SnapshotMoved` (the transaction then rolls back) unless the month's source and
+    difficulty are the snapshot's and the calculations the transaction did not write are the
+    snapshot's less the rows it repaired. Run last, so a writer that committed while the
+    transaction waited for a lock is seen."""
+    now = fingerprints.before_commit(cursor, snapshot.month, engine_schema=session.engine_schema)
+    want = fingerprints.of_kinds(snapshot.prints, "source", "difficulty") | untouched
+    if moved := fingerprints.differences(want, fingerprints.of_kinds(
+            now, "source", "difficulty", "calculations")):
+        raise SnapshotMoved(f"{snapshot.month} changed since it was read "
+                            f"({fingerprints.describe(moved)})")
 
 
 def row_counts(before: diff.Diff | None, written: Written | None = None,

@@ -24,12 +24,13 @@ from engine.operations.retries import MonthOutcome
 
 log = logging.getLogger(__name__)
 
-_COLOURS = {"month_failed": "danger", "verification_failed": "danger", "missing_rows": "warning"}
+_COLOURS = {"month_failed": "danger", "verification_failed": "danger", "regressed": "danger",
+            "missing_rows": "warning"}
 
 
 @dataclass(frozen=True)
 class Alert:
-    kind: str  # month_failed | verification_failed | missing_rows
+    kind: str  # month_failed | verification_failed | regressed | missing_rows
     title: str
     text: str
     fields: dict[str, str] = field(default_factory=dict)

@@ -29,7 +29,7 @@ from engine.errors import (
     SchemaError,
     SourceDataError,
 )
-from engine.month import fingerprints, locks, progress
+from engine.month import locks, progress
 from engine.month.reconcile import MonthResult, reconcile_month
 from engine.month.session import Session, open_session
 from engine.months import Month
@@ -193,7 +193,6 @@ class MonthWork:
                     state = progress.month_states(cursor, month, month,
                                                   engine_schema=worker.settings.schema).get(month)
                     attempts = state.attempts if state else 0
-                    fingerprint = fingerprints.source_fingerprints(cursor, month, month).get(month)
                 tries += 1
                 self.emit(Event("start", month, f"try {tries}"))
                 result = reconcile_month(
@@ -224,21 +223,18 @@ class MonthWork:
                 log.error("%s failed (%s, not retried): %s", month, kind, error)
                 self._record(worker, month, error, kind, True, attempts + 1)
                 return outcome("failed", error=str(error), error_kind=kind)
-            return self._done(worker, planned, result, fingerprint, tries, start)
+            return self._done(worker, planned, result, tries, start)
 
     def _done(self, worker: WorkerSession, planned: PlannedMonth, result: MonthResult,
-              fingerprint: fingerprints.Fingerprint | None, tries: int,
-              start: float) -> MonthOutcome:
+              tries: int, start: float) -> MonthOutcome:
         month = planned.month
-        try:
-            with worker.transaction() as cursor:
-                schema = worker.settings.schema
-                if result.status == "verified" and fingerprint is not None:
-                    fingerprints.store_fingerprint(cursor, month, fingerprint, engine_schema=schema)
-                elif result.status == "unverified":
-                    progress.mark_error_kind(cursor, month, "verification", engine_schema=schema)
-        except EngineError:  # bookkeeping only: the month itself is done and recorded
-            log.warning("could not record the fingerprint of %s", month, exc_info=True)
+        if result.status == "unverified":
+            try:
+                with worker.transaction() as cursor:
+                    progress.mark_error_kind(cursor, month, "verification",
+                                             engine_schema=worker.settings.schema)
+            except EngineError:  # bookkeeping only: the month itself is done and recorded
+                log.warning("could not record the error kind of %s", month, exc_info=True)
         error = None
         if result.verdict is not None and not result.verdict.verified:
             error = "verification failed: " + "; ".join(

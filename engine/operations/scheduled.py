@@ -1,10 +1,11 @@
 """`engine scheduled`: keep the table reconciled, unattended, from cron or a systemd timer.
 
 Each start reconciles what changed since the months were last verified: months never
-reconciled, months whose curtailment changed (new or re-ingested days move the record count,
-the highest id, the newest created_at or Σ volume against the fingerprint stored when the month
-was verified), failed months and stale in-progress ones. A scheduler lock makes a start that
-overlaps a running one a no-op; month locks keep it off months a backfill is working on.
+reconciled, months whose curtailment changed or whose calculations changed after they were
+verified (`regressed`), both found by comparing the per-day fingerprints stored when each
+month was verified (`engine.operations.check`), failed, interrupted and stale months. A
+scheduler lock makes a start that overlaps a running one a no-op; month locks keep it off
+months a backfill is working on.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 
 from engine.month import fingerprints, locks, progress
 from engine.months import Month
+from engine.operations import check
 from engine.operations.alerts import Alerter
 from engine.operations.backfill import (
     BackfillRequest,
@@ -39,7 +41,8 @@ _ALL = (Month(2000, 1), Month(2100, 12))
 
 @dataclass(frozen=True)
 class Change:
-    """Why a month is due: new, changed, unfingerprinted, failed or stale."""
+    """Why a month is due: new, changed, regressed, unfingerprinted, failed, interrupted or
+    stale."""
 
     month: Month
     reason: str
@@ -66,35 +69,39 @@ class ScheduledResult:
                 "exit_code": self.exit_code}
 
 
-def find_changes(cursor: db.Cursor, *, engine_schema: str = DEFAULT_SCHEMA
-                 ) -> tuple[list[Change], dict[Month, progress.MonthState],
-                            dict[Month, fingerprints.Fingerprint]]:
-    """The months that are due, newest first, with the states and fingerprints read."""
-    current = fingerprints.source_fingerprints(cursor, *_ALL)
+def find_changes(cursor: db.Cursor, *, engine_schema: str = DEFAULT_SCHEMA,
+                 alerter: Alerter | None = None
+                 ) -> tuple[list[Change], dict[Month, progress.MonthState], dict[Month, int]]:
+    """The months that are due, newest first, with the states and record counts read. Marks
+    the months whose calculations changed since they were verified `regressed`."""
+    checked = check.check(cursor, *_ALL, engine_schema=engine_schema)
+    if alerter is not None:
+        check.alert(alerter, checked)
+    changed = {c.month: c for c in checked.changes}
+    records = fingerprints.records_per_month(cursor, *_ALL)
     states = progress.month_states(cursor, *_ALL, engine_schema=engine_schema)
     changes = []
-    for month in sorted(current.keys() | states.keys(), reverse=True):
-        state, now = states.get(month), current.get(month)
+    for month in sorted(records.keys() | states.keys(), reverse=True):
+        state, now = states.get(month), records.get(month)
         if state is not None and state.locked:
             continue  # another process is on it
         if state is None or state.status == "not_started":
-            if now is not None:
-                changes.append(Change(month, "new", f"{now.records:,} curtailment records, "
+            if now:
+                changes.append(Change(month, "new", f"{now:,} curtailment records, "
                                       "never reconciled"))
-        elif state.status == "failed":
-            changes.append(Change(month, "failed", state.last_error or "failed"))
+        elif state.status in ("failed", "interrupted"):
+            changes.append(Change(month, state.status, state.last_error or state.status))
         elif state.status == "in_progress":
             changes.append(Change(month, "stale", "left in progress by a process that is gone"))
-        elif state.fingerprint is None:
-            if now is not None:
-                changes.append(Change(month, "unfingerprinted",
-                                      "verified without a source fingerprint (engine month/demo)"))
-        elif now is None:
-            if state.fingerprint.records:
-                changes.append(Change(month, "changed", "all curtailment records removed"))
-        elif now != state.fingerprint:
-            changes.append(Change(month, "changed", now.describe_change(state.fingerprint)))
-    return changes, states, current
+        elif state.status == "regressed":
+            changes.append(Change(month, "regressed", changed[month].detail if month in changed
+                                  else state.last_error or "calculations changed"))
+        elif month in changed:
+            changes.append(Change(month, "changed", changed[month].detail))
+        elif month in checked.unchecked and now:
+            changes.append(Change(month, "unfingerprinted",
+                                  "verified before per-day fingerprints were kept"))
+    return changes, states, records
 
 
 def run_scheduled(settings: Settings, *, url: str | None = None, jobs: int = 1,
@@ -117,13 +124,14 @@ def run_scheduled(settings: Settings, *, url: str | None = None, jobs: int = 1,
         found: list[Change] = []
 
         def choose(cursor: db.Cursor) -> Plan:
-            changes, states, current = find_changes(cursor, engine_schema=settings.schema)
+            changes, states, records = find_changes(cursor, engine_schema=settings.schema,
+                                                    alerter=alerter)
             found.extend(changes)
             if on_changes:
                 on_changes(changes)
             months = tuple(PlannedMonth(c.month, states[c.month].selection if c.month in states
                                         else "missing",
-                                        current[c.month].records if c.month in current else 0,
+                                        records.get(c.month, 0),
                                         states.get(c.month)) for c in changes)
             return Plan("newest", months, {})
 

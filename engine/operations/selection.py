@@ -21,7 +21,7 @@ ORDERS = ("plan", "newest", "oldest")
 PLAN_YEARS: tuple[tuple[int, int | None], ...] = ((2024, None), (2023, 12), (2022, None))
 
 #: Without `--only`: every month that is not completed.
-DEFAULT_SELECTION = frozenset({"missing", "failed", "interrupted", "stale", "running"})
+DEFAULT_SELECTION = frozenset({"missing", "failed", "interrupted", "stale", "regressed", "running"})
 
 _WIDEST = (Month(2000, 1), Month(2100, 12))
 
@@ -32,7 +32,7 @@ class PlannedMonth:
     (the weight the dashboard's ETA uses)."""
 
     month: Month
-    selection: str  # missing | failed | interrupted | stale | running | completed
+    selection: str  # missing | failed | interrupted | stale | regressed | running | completed
     records: int
     previous: progress.MonthState | None = None
 
@@ -106,6 +106,6 @@ def build_plan(cursor: db.Cursor, *, first: Month | None, last: Month | None, or
     low, high = first or _WIDEST[0], last or _WIDEST[1]
     if high < low:
         raise InputError(f"the range {low}..{high} runs backwards")
-    records = {m: f.records for m, f in fingerprints.source_fingerprints(cursor, low, high).items()}
+    records = fingerprints.records_per_month(cursor, low, high)
     return select(records, progress.month_states(cursor, low, high, engine_schema=engine_schema),
                   selection, order)

@@ -64,6 +64,8 @@ UPDATE {CALCULATIONS} c SET bitcoin_mined = r.bitcoin_mined, difficulty = r.diff
     calculated_at = localtimestamp
 FROM {STAGE} r WHERE c.id = r.id AND r.action = 'update'
 """
+#: The updated rows at their new values.
+UPDATED = f"{STAGE} WHERE action = 'update'"
 DELETE = f"DELETE FROM {CALCULATIONS} c USING {STAGE} r WHERE c.id = r.id AND r.action = 'delete'"
 RECORD = """
 UPDATE {engine}.reconciliation_runs SET causes = $2::jsonb, repairs = $3::jsonb, summaries = $4::jsonb

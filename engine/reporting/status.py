@@ -57,7 +57,8 @@ FROM {engine}.reconciliation_backfills b ORDER BY b.id DESC LIMIT $2
 
 #: Month states as `engine status` names them (plan selections use missing/running).
 STATUS_NAMES = {"missing": "not_started", "running": "in_progress", "stale": "stale",
-                "completed": "completed", "failed": "failed", "interrupted": "interrupted"}
+                "completed": "completed", "failed": "failed", "interrupted": "interrupted",
+                "regressed": "regressed"}
 
 
 @dataclass(frozen=True)
@@ -142,7 +143,7 @@ class BackfillInfo:
 @dataclass(frozen=True)
 class MonthLine:
     month: Month
-    status: str  # not_started | in_progress | stale | completed | failed
+    status: str  # not_started | in_progress | stale | completed | failed | interrupted | regressed
     coverage: Coverage
     attempts: int = 0
     last_error: str | None = None

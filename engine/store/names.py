@@ -31,6 +31,7 @@ PRODUCTION_TABLES = (
 )
 ENGINE_TABLES = (
     "bitcoin_difficulty", "reconciliation_runs", "reconciliation_progress", "reconciliation_backfills",
+    "reconciliation_fingerprints",
 )
 TABLES = PRODUCTION_TABLES + ENGINE_TABLES
 # Older tools' tables `db init` reports (besides any table named like one of the engine's).

@@ -56,10 +56,12 @@ REQUIRED_COLUMNS = {
     CALCULATIONS: {"id", *KEY_COLUMNS, "bitcoin_mined", "difficulty", "calculated_at"},
     "bitcoin_difficulty": {"settlement_date", "difficulty"},
     # The engine's own tables, with the newest columns it writes (`engine db init` adds them).
-    "reconciliation_runs": {"backfill_id", "causes", "repairs", "summaries", "undo_of", "undone_by"},
+    "reconciliation_runs": {"backfill_id", "causes", "repairs", "summaries", "undo_of", "undone_by",
+                            "snapshot"},
     "reconciliation_progress": {"month", "source_records", "last_error_kind", "last_error_at",
                                 "retries"},
     "reconciliation_backfills": {"id", "throttle"},
+    "reconciliation_fingerprints": {"kind", "settlement_date", "month", "rows", "hash"},
 }
 
 _SCHEMA_EXISTS = "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)"

@@ -96,7 +96,8 @@ CREATE TABLE {engine}.reconciliation_runs (
 CREATE TABLE {engine}.reconciliation_progress (
     month text PRIMARY KEY,
     status text NOT NULL
-        CHECK (status IN ('not_started', 'in_progress', 'completed', 'failed', 'interrupted')),
+        CHECK (status IN ('not_started', 'in_progress', 'completed', 'failed', 'interrupted',
+                          'regressed')),
     expected_rows bigint,
     present_rows bigint,
     inserted_rows bigint,
@@ -136,6 +137,21 @@ CREATE TABLE {engine}.reconciliation_backfills (
     updated_at timestamptz NOT NULL DEFAULT now()
 );
 
+-- table: reconciliation_fingerprints
+-- What each day of a verified month held: rows and the sum of their hashes, for the source and
+-- the calculations (`engine.month.fingerprints`); `engine status --check` compares them.
+CREATE TABLE {engine}.reconciliation_fingerprints (
+    kind text NOT NULL CHECK (kind IN ('source', 'calculations')),
+    settlement_date date NOT NULL,
+    month text NOT NULL,
+    rows bigint NOT NULL,
+    hash numeric NOT NULL,
+    run_id bigint,
+    recorded_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (kind, settlement_date)
+);
+CREATE INDEX reconciliation_fingerprints_month_idx ON {engine}.reconciliation_fingerprints (month);
+
 -- upgrade
 -- Columns and indexes of the run and progress tables added since the first release; `ADD
 -- COLUMN IF NOT EXISTS` brings a table created by it (or moved from `public`) up to date. Run
@@ -162,9 +178,12 @@ ALTER TABLE {engine}.reconciliation_runs ADD COLUMN IF NOT EXISTS summaries json
 -- names it back; a run is undone at most once.
 ALTER TABLE {engine}.reconciliation_runs ADD COLUMN IF NOT EXISTS undo_of bigint;
 ALTER TABLE {engine}.reconciliation_runs ADD COLUMN IF NOT EXISTS undone_by bigint;
+-- Which state of the database the month was computed from (per table: rows, days, Σ hash).
+ALTER TABLE {engine}.reconciliation_runs ADD COLUMN IF NOT EXISTS snapshot jsonb;
 
--- A run or a month stopped by a signal is `interrupted` (added later): widen the status checks
--- of tables created before, once.
+-- A run or a month stopped by a signal is `interrupted`, a month whose calculations changed
+-- after it was verified `regressed` (both added later): widen the status checks of tables
+-- created before, once.
 DO $$
 BEGIN
     IF EXISTS (SELECT 1 FROM pg_constraint WHERE conname = 'reconciliation_runs_status_check'
@@ -176,9 +195,9 @@ BEGIN
     END IF;
     IF EXISTS (SELECT 1 FROM pg_constraint WHERE conname = 'reconciliation_progress_status_check'
                AND conrelid = '{engine}.reconciliation_progress'::regclass
-               AND pg_get_constraintdef(oid) NOT LIKE '%interrupted%') THEN
+               AND pg_get_constraintdef(oid) NOT LIKE '%regressed%') THEN
         ALTER TABLE {engine}.reconciliation_progress DROP CONSTRAINT reconciliation_progress_status_check,
             ADD CONSTRAINT reconciliation_progress_status_check CHECK (status IN ('not_started',
-                'in_progress', 'completed', 'failed', 'interrupted'));
+                'in_progress', 'completed', 'failed', 'interrupted', 'regressed'));
     END IF;
 END $$;
