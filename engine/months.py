@@ -60,6 +60,31 @@ class Month:
         return Month.of(self.first_day - timedelta(days=1))
 
 
+@dataclass(frozen=True, order=True)
+class Days:
+    """Consecutive days of one month, from `first` up to (not including) `end`: a slice."""
+
+    first: date
+    end: date
+
+    @classmethod
+    def of(cls, month: Month) -> Days:
+        """The whole month."""
+        return cls(month.first_day, month.next_first_day)
+
+    @property
+    def month(self) -> Month:
+        return Month.of(self.first)
+
+    @property
+    def count(self) -> int:
+        return (self.end - self.first).days
+
+    def __str__(self) -> str:
+        last = self.end - timedelta(days=1)
+        return str(self.first) if last == self.first else f"{self.first}..{last}"
+
+
 def month_range(first: Month, last: Month) -> list[Month]:
     """Every month from `first` to `last`, both included."""
     if last < first:

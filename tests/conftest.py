@@ -7,6 +7,7 @@ import os
 import tempfile
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import date
 from decimal import Decimal
 from pathlib import Path
@@ -38,10 +39,10 @@ def server_url() -> str:
     return status.url
 
 
-@pytest.fixture
-def database_url(server_url: str) -> Iterator[str]:
+@contextmanager
+def new_database(server_url: str) -> Iterator[str]:
     """A new database with the production tables (as the embedded server has them: created by
-    the engine, with their indexes) and the engine's schema; dropped after the test. Its
+    the engine, with their indexes) and the engine's schema; dropped at the end. Its
     search_path ends with the engine's schema, so a test's own SQL may name the engine's
     tables unqualified (the engine itself always qualifies them)."""
     name = f"engine_test_{uuid.uuid4().hex[:12]}"
@@ -50,10 +51,19 @@ def database_url(server_url: str) -> Iterator[str]:
         cursor.execute(f'ALTER DATABASE {name} SET search_path = "$user", public, '
                        f"{schema.DEFAULT_SCHEMA}")
     url = with_database(server_url, name)
-    schema.init_schema(url, own_database=True)
-    yield url
-    with adbc.connect(server_url, autocommit=True) as conn, conn.cursor() as cursor:
-        cursor.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    try:
+        schema.init_schema(url, own_database=True)
+        yield url
+    finally:
+        with adbc.connect(server_url, autocommit=True) as conn, conn.cursor() as cursor:
+            cursor.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture
+def database_url(server_url: str) -> Iterator[str]:
+    """A new database (`new_database`) for the test."""
+    with new_database(server_url) as url:
+        yield url
 
 
 @pytest.fixture

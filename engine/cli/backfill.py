@@ -12,6 +12,7 @@ import typer
 
 from engine.cli.common import (
     JsonOption,
+    MemoryBudget,
     app,
     emit,
     err,
@@ -19,6 +20,7 @@ from engine.cli.common import (
     finite,
     graceful_stop,
     handled,
+    memory_budget,
     resolve_database,
 )
 from engine.cli.month import FormulaOption
@@ -60,6 +62,7 @@ def run(
         "then its calculations changed: `engine status --check`), completed, or all. "
         "Default: every month not completed.")] = None,
     jobs: Jobs = 3,
+    budget: MemoryBudget = None,
     wait: Annotated[bool, typer.Option(
         "--wait", help="Wait for a month another process is reconciling instead of skipping it.")] = False,
     retries: Retries = 3,
@@ -103,7 +106,7 @@ def run(
         retry=RetryPolicy(attempts=retries + 1),
         throttle=ThrottleConfig(max_rows_per_second=max_rows_per_second, pause_seconds=pause,
                                 load_aware=load_aware, busy_backends=busy_backends))
-    settings = Settings.from_env()
+    settings = Settings.from_env(memory_budget_mb=memory_budget(budget))
     url = resolve_database(settings)
     if plan_only:
         _print_plan(settings, url, request, as_json)
@@ -120,6 +123,7 @@ def run(
 @handled
 def scheduled(
     jobs: Jobs = 1,
+    budget: MemoryBudget = None,
     retries: Retries = 3,
     max_rows_per_second: MaxRate = None,
     pause: Pause = 0.0,
@@ -143,7 +147,7 @@ def scheduled(
     from engine.operations.throttle import ThrottleConfig
     from engine.reporting import status_text
 
-    settings = Settings.from_env()
+    settings = Settings.from_env(memory_budget_mb=memory_budget(budget))
     url = resolve_database(settings)
     from engine.store.paths import Layout
 

@@ -69,6 +69,18 @@ def finite(value: float | None) -> float | None:
 
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
+MemoryBudget = Annotated[str | None, typer.Option(
+    "--memory-budget", metavar="SIZE",
+    help="Peak memory of the whole process, e.g. 1GB or 800MB (default 1GB, or "
+    "ENGINE_MEMORY_BUDGET): a month that would not fit is computed in slices of days, still "
+    "merged and verified as one month in one transaction. Parallel months share it.")]
+
+
+def memory_budget(text: str | None) -> int | None:
+    """The `--memory-budget` in MiB (None: not given); `InputError` for a bad size."""
+    from engine.store.config import parse_memory
+
+    return None if text is None else parse_memory("--memory-budget", text)
 
 
 def handled(command: F) -> F:

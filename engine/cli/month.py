@@ -8,12 +8,14 @@ import typer
 
 from engine.cli.common import (
     JsonOption,
+    MemoryBudget,
     app,
     emit,
     err,
     exit_code,
     graceful_stop,
     handled,
+    memory_budget,
     month_bar,
     resolve_database,
     step_spinner,
@@ -39,6 +41,7 @@ def month(
         "nothing to the database (the Parquet files under data/ are still written).")] = False,
     fix: FixOption = None,
     formula: FormulaOption = "v1",
+    budget: MemoryBudget = None,
     as_json: JsonOption = False,
 ) -> None:
     """Reconcile one month: extract, recompute, diff, insert the missing rows in one
@@ -54,7 +57,7 @@ def month(
 
     target = Month.parse(month)
     fixes = parse_fix(fix)
-    settings = Settings.from_env()
+    settings = Settings.from_env(memory_budget_mb=memory_budget(budget))
     url = resolve_database(settings)
     with graceful_stop() as stop, open_session(settings, url) as session, \
             step_spinner() as on_step:

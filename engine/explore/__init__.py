@@ -49,7 +49,7 @@ from engine.explore.views import (
     top_farms,
 )
 from engine.month import extract
-from engine.month.reconcile import find_differences
+from engine.month.examine import find_differences
 from engine.months import Month, parse_range
 from engine.store import db, libpq, schema
 from engine.store.config import MinerModel, Settings, load_miner_models

@@ -3,6 +3,7 @@ statement. Runs inside the caller's transaction and never commits by itself."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 
 import adbc_driver_manager
@@ -82,21 +83,28 @@ def hold_off_writers(cursor: db.Cursor) -> None:
     cursor.execute(LOCK_TARGET)
 
 
-def load_missing(cursor: db.Cursor, missing: pl.DataFrame, *, unique_key: bool) -> LoadResult:
-    """Insert `missing` (expected-rows schema) into the calculations table; return the counts.
+def load_missing(cursor: db.Cursor, missing: Iterable[pl.DataFrame], *,
+                 unique_key: bool) -> LoadResult:
+    """Insert the `missing` rows (expected-rows schema; one frame per slice of the month, each
+    slice's days its own) into the calculations table; return the counts.
 
     `unique_key` says whether the unique index exists (see `schema.has_unique_key`); without
     it the caller holds writers off first (`hold_off_writers`). Raises `KeyConflict` when a key
     is already present.
     """
-    if missing.is_empty():
+    staged = 0
+    for part in missing:
+        if part.is_empty():
+            continue
+        if not staged:
+            cursor.execute(CREATE_STAGE)
+            cursor.execute(CREATE_STAGE_DIFFICULTY)
+        staged += int(cursor.adbc_ingest(STAGE, part.select(*KEY_COLUMNS, "bitcoin_mined").to_arrow(),
+                                         mode="append", temporary=True))
+        days = part.select("settlement_date", "difficulty").unique()
+        cursor.adbc_ingest(STAGE_DIFFICULTY, days.to_arrow(), mode="append", temporary=True)
+    if not staged:
         return LoadResult(0, 0)
-    cursor.execute(CREATE_STAGE)
-    cursor.execute(CREATE_STAGE_DIFFICULTY)
-    staged = cursor.adbc_ingest(STAGE, missing.select(*KEY_COLUMNS, "bitcoin_mined").to_arrow(),
-                                mode="append", temporary=True)
-    days = missing.select("settlement_date", "difficulty").unique()
-    cursor.adbc_ingest(STAGE_DIFFICULTY, days.to_arrow(), mode="append", temporary=True)
     if not unique_key:
         return LoadResult(int(staged), db.execute(cursor, MERGE_NOT_EXISTS))
     try:

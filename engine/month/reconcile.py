@@ -20,14 +20,15 @@ import polars as pl
 
 from engine import formula
 from engine.errors import EngineError, InputError, Interrupted, PlanOutdated, SourceDataError, quoted
-from engine.month import diff, extract, fingerprints, progress, summaries, verify
+from engine.month import diff, extract, fingerprints, progress, slices, summaries, verify
+from engine.month.examine import Examined
+from engine.month.examine import examine as examine_month
 from engine.month.session import Session, month_lock
 from engine.month.write import SnapshotMoved, Written, row_counts, write_month
-from engine.months import Month
+from engine.months import Days, Month
 from engine.repairs import actions, causes, plans
 from engine.store import db
-from engine.store.config import MinerModel
-from engine.store.paths import write_parquet
+from engine.store.paths import parts
 from engine.store.schema import CALCULATIONS
 
 log = logging.getLogger(__name__)
@@ -95,6 +96,7 @@ def reconcile_month(
     plan: plans.RepairPlan | None = None,
     stop: threading.Event | None = None,
     backfill_id: int | None = None,
+    jobs: int = 1,
 ) -> MonthResult:
     """Reconcile `month`: insert its missing calculation rows in one transaction, then verify.
 
@@ -112,8 +114,10 @@ def reconcile_month(
     finished and verified first. A `KeyboardInterrupt` anywhere rolls back an uncommitted write;
     either way the run and the month are recorded as `interrupted` (a committed write stays
     undoable). `backfill_id` links the run to the backfill that made it, from its start.
+    `jobs`: how many months share the memory budget (`Settings.memory_budget_mb`) with this
+    one; a month that would not fit its share is computed in slices of days.
     """
-    job = _Job.make(dry_run, version, command, fix, plan, stop, backfill_id)
+    job = _Job.make(dry_run, version, command, fix, plan, stop, backfill_id, jobs)
     if plan is not None and plan.month != month:
         raise InputError(f"the plan is for {plan.month}, not {month}")
     if dry_run:
@@ -133,6 +137,7 @@ class _Job:
     plan: plans.RepairPlan | None
     stop: threading.Event | None = None
     backfill_id: int | None = None
+    jobs: int = 1
 
     @property
     def stopped(self) -> bool:
@@ -146,51 +151,33 @@ class _Job:
     @classmethod
     def make(cls, dry_run: bool, version: str, command: str, fix: Iterable[str],
              plan: plans.RepairPlan | None, stop: threading.Event | None = None,
-             backfill_id: int | None = None) -> _Job:
+             backfill_id: int | None = None, jobs: int = 1) -> _Job:
         if plan is not None:
             version, fix = plan.formula, plan.fix
         if version not in formula.FORMULAS:
             raise InputError(f"formula {quoted(version)} is not one of {', '.join(formula.FORMULAS)}")
         fixes = fix if isinstance(fix, frozenset) else actions.parse_fix(fix)
-        return cls(dry_run, version, command, fixes, plan, stop, backfill_id)
-
-
-@dataclass(frozen=True)
-class Examined:
-    """A month extracted, recomputed and diffed (drift and duplicates with their causes)."""
-
-    snapshot: extract.Snapshot
-    expected: pl.DataFrame
-    tolerance: pl.DataFrame
-    diff: diff.Diff
-    files: dict[str, str]  # the expected rows' and each class's Parquet
+        return cls(dry_run, version, command, fixes, plan, stop, backfill_id, jobs)
 
 
 def examine(session: Session, month: Month, version: str, *,
-            snapshot: extract.Snapshot | None = None, steps: _Steps | None = None) -> Examined:
-    """Extract `month` (unless its `snapshot` is given), recompute it with formula `version` and
-    diff it; write the expected rows and each class under `data/`. Writes nothing to the
-    database. Raises `InputError` for an unknown formula, `SourceDataError` for bad source rows
-    or missing difficulty."""
-    if version not in formula.FORMULAS:
-        raise InputError(f"formula {quoted(version)} is not one of {', '.join(formula.FORMULAS)}")
-    steps = steps or _Steps(month, None)
-    layout = session.layout
-    with db.translated_errors(session.url):
-        if snapshot is None:
-            with steps("extract"):
-                snapshot = extract.extract_month(session.read_url, month, layout,
-                                                 engine_schema=session.engine_schema)
-        with steps("recompute"):
-            expected = formula.expected_rows(snapshot.curtailment, snapshot.difficulty,
-                                             session.models, version)
-            tolerance = formula.one_miner_btc(snapshot.difficulty, session.models, version)
-            files = {"expected": str(write_parquet(expected, layout.expected(month)))}
-        with steps("diff"):
-            found = find_differences(snapshot, expected, tolerance, session.models, version)
-            for kind, frame in found.frames().items():
-                files[f"diff_{kind}"] = str(write_parquet(frame, layout.diff(kind, month)))
-    return Examined(snapshot, expected, tolerance, found, files)
+            snapshot: extract.Snapshot | None = None, steps: _Steps | None = None,
+            days: tuple[Days, ...] = ()) -> Examined:
+    """`engine.month.examine.examine` with the session's connection, models and layout: the
+    month extracted (unless its `snapshot` is given), recomputed and diffed, whole or in the
+    slices `days`. Writes nothing to the database."""
+    return examine_month(session.url, session.read_url, session.layout, month, version,
+                         session.models, steps or _Steps(month, None),
+                         engine_schema=session.engine_schema, snapshot=snapshot, days=days)
+
+
+def plan_slices(session: Session, month: Month, jobs: int) -> tuple[Days, ...]:
+    """The month's slices under the memory budget shared by `jobs` months: one (the whole
+    month) unless it does not fit."""
+    with session.transaction() as cursor:
+        sizes = extract.day_sizes(cursor, month)
+    capacity = slices.capacity(session.settings.memory_budget_mb, jobs)
+    return tuple(slices.plan(month, sizes, len(session.models), capacity))
 
 
 def _reconcile(session: Session, month: Month, job: _Job, on_step: StepCallback | None) -> MonthResult:
@@ -201,27 +188,33 @@ def _reconcile(session: Session, month: Month, job: _Job, on_step: StepCallback 
             with session.transaction() as cursor:
                 plans.check_fingerprint(cursor, job.plan, engine_schema=session.engine_schema)
         job.check_stop("the extract")
-        with steps("extract"):
-            try:
-                snapshot = extract.extract_month(session.read_url, month, layout,
-                                                 engine_schema=session.engine_schema)
-            except SourceDataError as error:  # a data error is the month's state: record it
-                if not job.dry_run:
-                    _record_failure(session, month, _start_run(session, month, job), error,
-                                    steps.timings)
-                raise
-        files = {name: str(path) for name, path in snapshot.files.items()}
+        # A plan was made from the whole month: it is applied whole.
+        days = () if job.plan is not None else plan_slices(session, month, job.jobs)
+        snapshot: extract.Snapshot | None = None
+        files: dict[str, str] = {}
         asked: dict[str, Any] = {"formula": job.version, "fix": tuple(sorted(job.fix))}
-        if snapshot.curtailment.is_empty() and snapshot.calculations.is_empty():
-            return MonthResult(month, "nothing_to_do", None, row_counts(None), steps.timings,
-                               files=files, **asked)
+        if len(days) <= 1:  # read the month first: an empty one is nothing to do
+            with steps("extract"):
+                try:
+                    snapshot = extract.extract_month(session.read_url, month, layout,
+                                                     engine_schema=session.engine_schema)
+                except SourceDataError as error:  # a data error is the month's state: record it
+                    if not job.dry_run:
+                        _record_failure(session, month, _start_run(session, month, job), error,
+                                        steps.timings)
+                    raise
+            files = {name: str(path) for name, path in snapshot.files.items()}
+            if snapshot.curtailment.is_empty() and snapshot.calculations.is_empty():
+                return MonthResult(month, "nothing_to_do", None, row_counts(None), steps.timings,
+                                   files=files, **asked)
 
         run_id = None if job.dry_run else _start_run(session, month, job)
         try:
             for read in range(1, READS + 1):
-                examined = examine(session, month, job.version, snapshot=snapshot, steps=steps)
-                before = examined.diff
-                files |= examined.files
+                examined = examine(session, month, job.version, snapshot=snapshot, steps=steps,
+                                   days=days)
+                snapshot, before = examined.snapshot, examined.diff
+                files |= {name: str(path) for name, path in snapshot.files.items()} | examined.files
                 with steps("diff"):
                     changes = actions.plan_actions(before, job.fix)
                 asked["causes"] = causes.count(before)
@@ -234,18 +227,16 @@ def _reconcile(session: Session, month: Month, job: _Job, on_step: StepCallback 
                 job.check_stop("the write")  # from here on the month is finished, then verified
                 try:
                     with steps("load"):
-                        written = write_month(session, snapshot, run_id, before, changes,
+                        written = write_month(session, examined, run_id, changes,
                                               version=job.version, fix=job.fix, plan=job.plan,
-                                              files=files, reads=read)
+                                              reads=read)
                     break
                 except SnapshotMoved as error:
                     if read == READS:
                         raise
                     log.warning("%s; reading it again (read %d of %d)", error, read + 1, READS)
                 job.check_stop("the extract")
-                with steps("extract"):
-                    snapshot = extract.extract_month(session.read_url, month, layout,
-                                                     engine_schema=session.engine_schema)
+                snapshot = None  # read again
             assert run_id is not None  # a dry run returned above
             left = actions.remaining(before, job.fix)
             # PostgreSQL's part runs on a helper thread (the session's one connection, one
@@ -259,12 +250,14 @@ def _reconcile(session: Session, month: Month, job: _Job, on_step: StepCallback 
                 if moved:  # the table is not as predicted: read it back to name the rows
                     after = extract.extract_after(session.read_url, month, layout)
                     files["after"] = str(after)
+                snapshot = examined.snapshot
                 verdict = verify.verify_month(
-                    expected=layout.expected(month), after=after,
+                    expected=parts(layout.expected(month)), after=after,
                     moved=fingerprints.describe(moved),
-                    curtailment=snapshot.files["curtailment_records"], before=left,
-                    snapshot=snapshot.files[CALCULATIONS], changed=written.repaired.applied,
-                    inserted=before.missing,
+                    curtailment=parts(snapshot.files["curtailment_records"]), before=left,
+                    snapshot=parts(snapshot.files[CALCULATIONS]), changed=written.repaired.applied,
+                    inserted=examined.missing.frames(),
+                    memory_mb=slices.duckdb_memory_mb(session.settings.memory_budget_mb, job.jobs),
                 )
                 verdict = verdict.plus(*check.result())
             rows = row_counts(before, written, verdict)
@@ -306,13 +299,6 @@ def _start_run(session: Session, month: Month, job: _Job) -> int:
             "models": [m.name for m in session.models], "fix": sorted(job.fix),
             **({"plan": job.plan.fingerprint} if job.plan else {})}, backfill_id=job.backfill_id,
             engine_schema=session.engine_schema)
-
-
-def find_differences(snapshot: extract.Snapshot, expected: pl.DataFrame, tolerance: pl.DataFrame,
-                     models: tuple[MinerModel, ...], version: str) -> diff.Diff:
-    """The snapshot's diff against the expected rows, its drift and duplicates with causes."""
-    found = diff.compare(expected, snapshot.calculations, tolerance, snapshot.curtailment)
-    return causes.explain(found, snapshot.curtailment, models, version)
 
 
 def _calculations_now(session: Session, month: Month) -> fingerprints.Prints:

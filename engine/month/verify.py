@@ -143,27 +143,35 @@ class Verdict:
 
 
 def verify_month(
-    *, expected: Path, curtailment: Path, before: Diff, snapshot: Path, changed: pl.DataFrame,
-    inserted: pl.DataFrame, after: Path | None = None, moved: str = "",
+    *, expected: list[Path], curtailment: list[Path], before: Diff, snapshot: list[Path],
+    changed: pl.DataFrame, inserted: pl.DataFrame | list[Path], after: Path | None = None,
+    moved: str = "", memory_mb: int | None = None,
 ) -> Verdict:
-    """Run the checks over the Parquet files. `before` is the diff taken before the load, less
-    what the run repaired; `snapshot` the calculations it was taken from; `changed` the repair
-    actions the run applied (`actions.ACTIONS_SCHEMA`) and `inserted` the rows it inserted.
+    """Run the checks over the Parquet files (a month's parts: one, or one per slice).
+    `before` is the diff taken before the load, less what the run repaired; `snapshot` the
+    calculations it was taken from; `changed` the repair actions the run applied
+    (`actions.ACTIONS_SCHEMA`) and `inserted` the rows it inserted (a frame, or its files).
+    `memory_mb` caps what DuckDB holds (it spills beyond).
 
     Without `after`, the table's fingerprint matched the prediction: the predicted rows are
     checked against the source. With `after` (the month read back, because the fingerprints
     differed on the days `moved` names), the rows read back are, and `rows_exact` fails."""
     with _connection().cursor() as con:
+        if memory_mb is not None:
+            con.execute(f"SET memory_limit = '{int(memory_mb)}MB'")
         for name, frame in (("known_orphans", before.orphans), ("known_drift", before.drift),
                             ("known_duplicates", before.duplicates)):
             con.register(name, frame.select(KEY).unique().to_arrow())
         con.register("changed", changed.to_arrow())
-        con.register("inserted", inserted.select(*KEY, "bitcoin_mined", "difficulty").to_arrow())
-        con.register("before_rows", con.read_parquet(str(snapshot)))
+        columns = [*KEY, "bitcoin_mined", "difficulty"]
+        con.register("inserted", inserted.select(columns).to_arrow()
+                     if isinstance(inserted, pl.DataFrame)
+                     else con.read_parquet([str(p) for p in inserted]).select(", ".join(columns)))
+        con.register("before_rows", con.read_parquet([str(p) for p in snapshot]))
         con.register("after_rows", con.sql(_PREDICTED) if after is None
                      else con.read_parquet(str(after)))
-        per_model = con.execute(_PER_MODEL, {"expected": str(expected)}).fetchall()
-        periods = con.execute(_PERIODS, {"source": str(curtailment)}).fetchone()
+        per_model = con.execute(_PER_MODEL, {"expected": [str(p) for p in expected]}).fetchall()
+        periods = con.execute(_PERIODS, {"source": [str(p) for p in curtailment]}).fetchone()
         exact = None if after is None else con.execute(_ROWS_EXACT, {"samples": SAMPLES}).fetchone()
     checks = (*_checks(per_model, int(periods[0]) if periods else 0),
               _rows_exact(*exact, moved=moved) if exact else _FINGERPRINTS_AGREE)

@@ -18,6 +18,7 @@ from pathlib import Path
 import polars as pl
 
 from engine.month import diff, extract, fingerprints, load, progress, summaries, verify
+from engine.month.examine import Examined
 from engine.month.session import Session
 from engine.repairs import actions, causes, plans, undo
 from engine.store import db, schema
@@ -40,15 +41,16 @@ class Written:
     predicted: fingerprints.Prints  # the month's calculations, per day, as the run leaves them
 
 
-def write_month(session: Session, snapshot: extract.Snapshot, run_id: int, before: diff.Diff,
-                changes: pl.DataFrame, *, version: str, fix: frozenset[str],
-                plan: plans.RepairPlan | None, files: dict[str, str], reads: int = 1) -> Written:
-    """The one transaction that writes: the missing rows, the repairs (`changes`), the
-    summaries, the undo record (before the commit), the month's counts and the run row, left
-    `loaded`, with the state the month was computed from. Raises `SnapshotMoved` when the
-    database no longer holds the `snapshot` the diff was taken from (another writer changed
-    the source or inserted one of the keys); nothing is then written. `reads`: how many times
-    the month was read before this snapshot, recorded with it."""
+def write_month(session: Session, examined: Examined, run_id: int, changes: pl.DataFrame, *,
+                version: str, fix: frozenset[str], plan: plans.RepairPlan | None,
+                reads: int = 1) -> Written:
+    """The one transaction that writes: the missing rows (streamed into the stage a slice at a
+    time), the repairs (`changes`), the summaries, the undo record (before the commit), the
+    month's counts and the run row, left `loaded`, with the state the month was computed from.
+    Raises `SnapshotMoved` when the database no longer holds the snapshot the diff was taken
+    from (another writer changed the source or inserted one of the keys); nothing is then
+    written. `reads`: how many times the month was read before this snapshot, recorded with it."""
+    snapshot, before, missing = examined.snapshot, examined.diff, examined.missing
     month = snapshot.month
     folder = undo.directory(session.undo_dir, run_id)
     try:
@@ -58,7 +60,7 @@ def write_month(session: Session, snapshot: extract.Snapshot, run_id: int, befor
             if not session.unique_key:  # no index to reject a key: hold writers off instead
                 load.hold_off_writers(cursor)
             try:
-                loaded = load.load_missing(cursor, before.missing, unique_key=session.unique_key)
+                loaded = load.load_missing(cursor, missing.chunks(), unique_key=session.unique_key)
             except load.KeyConflict as error:
                 raise SnapshotMoved(f"another writer inserted some of the keys of {month} since "
                                     "it was read") from error
@@ -68,7 +70,7 @@ def write_month(session: Session, snapshot: extract.Snapshot, run_id: int, befor
             changed = bool(loaded.inserted or repaired.changed)
             refreshed, days, record_folder = None, None, None
             if changed or fix:  # a repair makes the whole month's summaries right
-                days = None if fix else tuple(before.missing["settlement_date"].unique().sort())
+                days = None if fix else missing.days
                 refreshed = summaries.refresh(cursor, month, days)
             if changed:
                 record = undo.UndoRecord(
@@ -77,7 +79,7 @@ def write_month(session: Session, snapshot: extract.Snapshot, run_id: int, befor
                     tuple(sorted(fix)), days)
                 record_folder = undo.write_record(
                     session.undo_dir, record, before=repaired.before,
-                    inserted=Path(files["diff_missing"]) if loaded.inserted else None)
+                    inserted=missing.files if loaded.inserted else ())
             removed = snapshot.calculation_hashes.filter(
                 pl.col("id").is_in(repaired.applied["id"].implode()))
             untouched = fingerprints.plus(fingerprints.of_kinds(snapshot.prints, "calculations"),

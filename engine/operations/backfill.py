@@ -264,7 +264,8 @@ class _Runner:
         self.work = MonthWork(backfill_id=backfill_id, retry=request.retry,
                               wait_busy=request.wait_busy, busy_grace=request.busy_grace,
                               version=request.version, fix=request.fix,
-                              command=request.command, emit=emit, stop=self.stop)
+                              command=request.command, emit=emit, stop=self.stop,
+                              jobs=min(request.jobs, max(1, len(plan.months))))
         self.started = time.monotonic()
         self.outcomes: dict[Month, MonthOutcome] = {}
         self._queue: deque[tuple[PlannedMonth, bool]] = deque((m, False) for m in plan.months)

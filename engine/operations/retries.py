@@ -163,9 +163,11 @@ class MonthWork:
 
     def __init__(self, *, backfill_id: int, retry: RetryPolicy, wait_busy: bool, version: str,
                  command: str, emit: EventCallback, stop: threading.Event,
-                 busy_grace: float = BUSY_GRACE_SECONDS, fix: frozenset[str] = frozenset()) -> None:
+                 busy_grace: float = BUSY_GRACE_SECONDS, fix: frozenset[str] = frozenset(),
+                 jobs: int = 1) -> None:
         self.backfill_id, self.retry, self.wait_busy = backfill_id, retry, wait_busy
         self.busy_grace, self.fix = busy_grace, fix
+        self.jobs = jobs  # months at once in this process: they share the memory budget
         self.version, self.command, self.emit, self.stop = version, command, emit, stop
         self.rng = random.Random()
 
@@ -198,7 +200,7 @@ class MonthWork:
                 result = reconcile_month(
                     worker.session(), month, version=self.version, fix=self.fix,
                     command=self.command, stop=self.stop, backfill_id=self.backfill_id,
-                    on_step=lambda m, step: self.emit(Event("step", m, step)))
+                    jobs=self.jobs, on_step=lambda m, step: self.emit(Event("step", m, step)))
             except Interrupted as error:  # stopped before it wrote: recorded as interrupted
                 return outcome("interrupted", error=str(error), error_kind="interrupted")
             except TRANSIENT as error:

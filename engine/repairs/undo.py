@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import date, datetime
 from pathlib import Path
@@ -154,23 +155,23 @@ def applied_at(cursor: db.Cursor) -> datetime:
     return value
 
 
-def write_record(undo_dir: Path, record: UndoRecord, *, inserted: Path | None,
+def write_record(undo_dir: Path, record: UndoRecord, *, inserted: Sequence[Path],
                  before: pl.DataFrame) -> Path:
     """Write the run's undo record (call it before the transaction commits); return its folder.
 
-    `inserted` is the Parquet file of the rows staged for insert (hard-linked, not copied).
+    `inserted` are the Parquet files of the rows staged for insert, one per slice of the month
+    (hard-linked, not copied): `inserted.parquet`, then `inserted-1.parquet`, ….
     """
     folder = directory(undo_dir, record.run_id)
     try:
         shutil.rmtree(folder, ignore_errors=True)  # an earlier, recreated database had this id
         folder.mkdir(parents=True)
-        if inserted is not None:
-            target = folder / INSERTED
-            target.unlink(missing_ok=True)
+        for number, source in enumerate(inserted):
+            target = folder / _inserted_name(number)
             try:
-                os.link(inserted, target)
+                os.link(source, target)
             except OSError:  # another file system
-                shutil.copyfile(inserted, target)
+                shutil.copyfile(source, target)
     except OSError as error:
         raise environment_problem(error, folder, "write the undo record in") from None
     if before.height:
@@ -192,7 +193,8 @@ def read_record(undo_dir: Path, run_id: int) -> tuple[UndoRecord, pl.DataFrame, 
         raise UndoRefused(f"run {run_id} has no undo record in {folder} (a dry run, a run that "
                           "changed nothing, or another data directory)")
     damaged = f"the undo record of run {run_id} in {folder} is damaged"
-    for name in (MANIFEST, BEFORE, INSERTED):
+    inserted = sorted(folder.glob("inserted*.parquet"), key=lambda p: (len(p.name), p.name))
+    for name in (MANIFEST, BEFORE, *(p.name for p in inserted)):
         if (folder / name).exists():
             try:
                 check_input(folder / name, "undo file")
@@ -210,11 +212,15 @@ def read_record(undo_dir: Path, run_id: int) -> tuple[UndoRecord, pl.DataFrame, 
     except (OSError, pl.exceptions.PolarsError):
         raise UndoRefused(f"{damaged}: {BEFORE} cannot be read (truncated?)") from None
     try:
-        keys = (pl.read_parquet(folder / INSERTED).select(KEY) if record.inserted
-                else pl.DataFrame(schema=_KEY_SCHEMA))
+        keys = (pl.concat([pl.read_parquet(p).select(KEY) for p in inserted])
+                if record.inserted and inserted else pl.DataFrame(schema=_KEY_SCHEMA))
     except (OSError, pl.exceptions.PolarsError):
         raise UndoRefused(f"{damaged}: {INSERTED} cannot be read (truncated?)") from None
     return record, before, keys
+
+
+def _inserted_name(number: int) -> str:
+    return INSERTED if number == 0 else INSERTED.replace(".parquet", f"-{number}.parquet")
 
 
 _KEY_SCHEMA = {"settlement_date": pl.Date, "settlement_period": pl.Int32, "farm_id": pl.String,

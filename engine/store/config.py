@@ -39,12 +39,15 @@ class Settings:
     connect_timeout_s: float | None = None
     # A Slack-compatible incoming webhook; its URL is a secret, so it stays out of repr().
     alert_webhook: str | None = field(default=None, repr=False)
+    # The peak memory of the whole process, in MiB, that months are sliced to stay under
+    # (`engine.month.slices`); concurrent months share it.
+    memory_budget_mb: int = 1024
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
         """Read `ENGINE_DATABASE_URL`, `ENGINE_DATA_DIR`, `ENGINE_SCHEMA`, `ENGINE_MINER_MODELS`,
-        `ENGINE_LOCK_TIMEOUT_MS`, `ENGINE_STATEMENT_TIMEOUT_MS` and `ENGINE_CONNECT_TIMEOUT_S`;
-        `overrides` win. Raises `InputError` for a value that cannot be used."""
+        `ENGINE_LOCK_TIMEOUT_MS`, `ENGINE_STATEMENT_TIMEOUT_MS`, `ENGINE_CONNECT_TIMEOUT_S` and
+        `ENGINE_MEMORY_BUDGET`; `overrides` win. Raises `InputError` for a value that cannot be used."""
         env = os.environ if environ is None else environ
         for variable in _VARIABLES:  # set but empty is a broken template, not "use the default"
             if variable in env and not env[variable].strip():
@@ -70,6 +73,8 @@ class Settings:
             if not webhook.startswith(("http://", "https://")):
                 raise InputError("ENGINE_ALERT_WEBHOOK must be an http:// or https:// URL")
             values["alert_webhook"] = webhook
+        if "ENGINE_MEMORY_BUDGET" in env:
+            values["memory_budget_mb"] = parse_memory("ENGINE_MEMORY_BUDGET", env["ENGINE_MEMORY_BUDGET"])
         values.update({k: v for k, v in overrides.items() if v is not None})
         settings = cls(**values)  # type: ignore[arg-type]
         settings.check()
@@ -92,6 +97,24 @@ def check_schema_name(name: str) -> str:
             f"ENGINE_SCHEMA={name!r} is not usable: give a lower-case identifier "
             "(letters, digits, _; not public, information_schema or pg_…)")
     return name
+
+
+_MEMORY = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*(MB|MIB|M|GB|GIB|G)?", re.IGNORECASE)
+#: The least budget a month can be computed in: the process with its libraries warmed up
+#: (connectorx, Polars, DuckDB, ADBC) holds about 350 MiB before any data.
+MIN_MEMORY_MB = 512
+
+
+def parse_memory(name: str, text: str) -> int:
+    """`1GB`, `1.5G`, `800MB` or `800` (MiB) as MiB; raise `InputError` for anything else or a
+    budget under `MIN_MEMORY_MB`."""
+    match = _MEMORY.fullmatch(text.strip())
+    if match is None:
+        raise InputError(f"{name} {quoted(text)} is not a size such as 1GB or 800MB")
+    value = float(match[1]) * (1024 if (match[2] or "M").upper().startswith("G") else 1)
+    if not MIN_MEMORY_MB <= value <= 1024 * 1024:
+        raise InputError(f"{name} must be between {MIN_MEMORY_MB}MB and 1024GB, not {quoted(text)}")
+    return int(value)
 
 
 def _positive_int(name: str, text: str) -> int:
@@ -120,7 +143,7 @@ _MODEL_KEYS = {"hashrate_th", "power_w"}
 #: The variables `Settings.from_env` reads.
 _VARIABLES = ("ENGINE_DATABASE_URL", "ENGINE_DATA_DIR", "ENGINE_SCHEMA", "ENGINE_MINER_MODELS",
               "ENGINE_LOCK_TIMEOUT_MS", "ENGINE_STATEMENT_TIMEOUT_MS", "ENGINE_CONNECT_TIMEOUT_S",
-              "ENGINE_ALERT_WEBHOOK")
+              "ENGINE_ALERT_WEBHOOK", "ENGINE_MEMORY_BUDGET")
 #: A miner models file is a few lines; anything this large is the wrong file.
 _MODELS_MAX_BYTES = 1_000_000
 

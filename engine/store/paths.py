@@ -48,14 +48,15 @@ class Layout:
         """The embedded server's cluster."""
         return self.root / "postgres"
 
-    def extract(self, table: str, month: Month) -> Path:
-        return self.root / "extracts" / table / f"month={month}" / "part-0.parquet"
+    # A month's file is `part-0`; a month computed in slices of days has a part per slice.
+    def extract(self, table: str, month: Month, part: int = 0) -> Path:
+        return self.root / "extracts" / table / f"month={month}" / f"part-{part}.parquet"
 
-    def expected(self, month: Month) -> Path:
-        return self.root / "expected" / f"month={month}" / "part-0.parquet"
+    def expected(self, month: Month, part: int = 0) -> Path:
+        return self.root / "expected" / f"month={month}" / f"part-{part}.parquet"
 
-    def diff(self, kind: str, month: Month) -> Path:
-        return self.root / "diffs" / kind / f"month={month}" / "part-0.parquet"
+    def diff(self, kind: str, month: Month, part: int = 0) -> Path:
+        return self.root / "diffs" / kind / f"month={month}" / f"part-{part}.parquet"
 
     def after(self, month: Month) -> Path:
         """The month's calculations as re-read after the load, for verification."""
@@ -72,6 +73,18 @@ class Layout:
             os.unlink(probe)
         except OSError as error:
             raise environment_problem(error, self.root, "write to the data directory") from None
+
+
+def parts(first: Path) -> list[Path]:
+    """Every part of the dataset whose `part-0.parquet` is `first`, in order."""
+    return sorted(first.parent.glob("part-*.parquet"), key=lambda p: int(p.stem.split("-")[1]))
+
+
+def prune_parts(first: Path, count: int) -> None:
+    """Remove the parts beyond the first `count` that an earlier run with more slices left
+    beside `first` (`part-0.parquet`)."""
+    for path in parts(first)[count:]:
+        path.unlink(missing_ok=True)
 
 
 def write_parquet(frame: pl.DataFrame, path: Path) -> Path:
