@@ -1,1 +1,5 @@
 """Curtailment → bitcoin reconciliation engine."""
+
+from engine import resources
+
+resources.bound()

@@ -30,6 +30,7 @@ from pathlib import Path
 import duckdb
 import polars as pl
 
+from engine import resources
 from engine.formula import KEY
 from engine.month.diff import Diff
 
@@ -151,7 +152,8 @@ def verify_month(
     `before` is the diff taken before the load, less what the run repaired; `snapshot` the
     calculations it was taken from; `changed` the repair actions the run applied
     (`actions.ACTIONS_SCHEMA`) and `inserted` the rows it inserted (a frame, or its files).
-    `memory_mb` caps what DuckDB holds (it spills beyond).
+    `memory_mb` caps what DuckDB holds (it spills beyond); each of its threads needs some of
+    it, so a small cap runs fewer threads than the machine has.
 
     Without `after`, the table's fingerprint matched the prediction: the predicted rows are
     checked against the source. With `after` (the month read back, because the fingerprints
@@ -159,6 +161,8 @@ def verify_month(
     with _connection().cursor() as con:
         if memory_mb is not None:
             con.execute(f"SET memory_limit = '{int(memory_mb)}MB'")
+            threads = min(resources.usable_cpus(), max(1, int(memory_mb) // MB_PER_THREAD))
+            con.execute(f"SET threads = {threads}")
         for name, frame in (("known_orphans", before.orphans), ("known_drift", before.drift),
                             ("known_duplicates", before.duplicates)):
             con.register(name, frame.select(KEY).unique().to_arrow())
@@ -233,6 +237,9 @@ def _value(row: dict) -> str:
             f"{difficulty.normalize() if difficulty is not None else None}")
 
 
+#: DuckDB's working memory per thread: at 64 threads and 81 MB it ran out of memory.
+MB_PER_THREAD = 32
+
 _shared: duckdb.DuckDBPyConnection | None = None
 
 
@@ -240,5 +247,5 @@ def _connection() -> duckdb.DuckDBPyConnection:
     """One in-memory DuckDB per process (opening one costs ~25 ms); each call takes a cursor."""
     global _shared
     if _shared is None:
-        _shared = duckdb.connect()
+        _shared = duckdb.connect(config={"threads": resources.usable_cpus()})
     return _shared
