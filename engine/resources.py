@@ -11,6 +11,7 @@ set it.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from pathlib import Path
@@ -37,3 +38,14 @@ def bound() -> None:
     cpus = usable_cpus()
     os.environ.setdefault("POLARS_MAX_THREADS", str(cpus))
     os.environ.setdefault("_RJEM_MALLOC_CONF", f"narenas:{min(MAX_ARENAS, 4 * cpus)}")
+
+
+@functools.cache
+def base_mb() -> int:
+    """The process's resident memory the first time it is asked, before a month holds data:
+    what its libraries take on this machine (more where they count more CPUs)."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
+    return pages * os.sysconf("SC_PAGE_SIZE") // 2**20

@@ -18,7 +18,7 @@ from typing import Any
 
 import polars as pl
 
-from engine import formula
+from engine import formula, resources
 from engine.errors import EngineError, InputError, Interrupted, PlanOutdated, SourceDataError, quoted
 from engine.month import diff, extract, fingerprints, progress, slices, summaries, verify
 from engine.month.examine import Examined
@@ -176,7 +176,7 @@ def plan_slices(session: Session, month: Month, jobs: int) -> tuple[Days, ...]:
     month) unless it does not fit."""
     with session.transaction() as cursor:
         sizes = extract.day_sizes(cursor, month)
-    capacity = slices.capacity(session.settings.memory_budget_mb, jobs)
+    capacity = slices.capacity(session.settings.memory_budget_mb, jobs, resources.base_mb())
     return tuple(slices.plan(month, sizes, len(session.models), capacity))
 
 
@@ -257,7 +257,8 @@ def _reconcile(session: Session, month: Month, job: _Job, on_step: StepCallback 
                     curtailment=parts(snapshot.files["curtailment_records"]), before=left,
                     snapshot=parts(snapshot.files[CALCULATIONS]), changed=written.repaired.applied,
                     inserted=examined.missing.frames(),
-                    memory_mb=slices.duckdb_memory_mb(session.settings.memory_budget_mb, job.jobs),
+                    memory_mb=slices.duckdb_memory_mb(session.settings.memory_budget_mb, job.jobs,
+                                                       resources.base_mb()),
                 )
                 verdict = verdict.plus(*check.result())
             rows = row_counts(before, written, verdict)

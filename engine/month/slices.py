@@ -33,14 +33,16 @@ class DaySize:
     calculations: int  # rows the calculations table holds
 
 
-def capacity(budget_mb: int, jobs: int = 1) -> int:
-    """The weight one month may hold at once when `jobs` months share `budget_mb` MiB."""
-    return max(1, (budget_mb - BASE_MB) * 2**20 // (max(1, jobs) * BYTES_PER_UNIT))
+def capacity(budget_mb: int, jobs: int = 1, base_mb: int = BASE_MB) -> int:
+    """The weight one month may hold at once when `jobs` months share `budget_mb` MiB, of
+    which the process holds `base_mb` before any data (at least `BASE_MB`)."""
+    spare = budget_mb - max(BASE_MB, base_mb)
+    return max(1, spare * 2**20 // (max(1, jobs) * BYTES_PER_UNIT))
 
 
-def duckdb_memory_mb(budget_mb: int, jobs: int = 1) -> int:
+def duckdb_memory_mb(budget_mb: int, jobs: int = 1, base_mb: int = BASE_MB) -> int:
     """What verification's DuckDB may hold for one of `jobs` months (it spills beyond)."""
-    return max(64, (budget_mb - BASE_MB) // (2 * max(1, jobs)))
+    return max(64, (budget_mb - max(BASE_MB, base_mb)) // (2 * max(1, jobs)))
 
 
 def weight(size: DaySize, models: int) -> int:
