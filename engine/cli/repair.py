@@ -96,13 +96,16 @@ def apply(
     raise typer.Exit(result.exit_code)
 
 
+BIGINT_MAX = 2**63 - 1  # run and backfill ids are bigint; a larger number is no id
+
+
 @app.command()
 @handled
 def undo(
     run_id: Annotated[int | None, typer.Argument(
-        help="The run to undo (the number `engine month` prints as `run N`).")] = None,
+        max=BIGINT_MAX, help="The run to undo (the number `engine month` prints as `run N`).")] = None,
     backfill: Annotated[int | None, typer.Option(
-        "--backfill", help="Undo every run of this backfill instead (the number `engine run` "
+        "--backfill", max=BIGINT_MAX, help="Undo every run of this backfill instead (the number `engine run` "
         "prints as `backfill N`), newest first, after checking that each can be undone.")] = None,
     as_json: JsonOption = False,
 ) -> None:
