@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -355,3 +356,14 @@ def test_with_wait_a_busy_month_is_done_once_the_other_process_lets_go(database_
 
     assert {o.status for o in result.outcomes} == {"verified"}
     assert key_counts(database_url) == (6, 6)
+
+
+def test_each_run_row_names_the_worker_that_ran_its_month(database_url, settings):
+    seed_two_months(database_url)
+
+    result = backfill(settings, jobs=2)
+
+    assert result.exit_code == 0
+    workers = [w for (w,) in execute(database_url, "SELECT worker FROM reconciliation_runs")]
+    assert len(workers) == 2
+    assert all(w.startswith(f"{socket.gethostname()}:{os.getpid()}/backfill-") for w in workers), workers

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from engine.store import schema
+import pytest
+
+from engine.errors import SchemaError
+from engine.store import db, schema
 from tests.conftest import execute
 
 PRODUCTION_COLUMNS = {
@@ -84,3 +87,15 @@ def test_the_unique_index_is_built_once_the_duplicates_are_gone(database_url):
     assert result.unique_key == "created"
     indexes = {r[0] for r in execute(database_url, "SELECT indexname::text FROM pg_indexes")}
     assert schema.KEY_INDEX in indexes and schema.LOOKUP_INDEX not in indexes
+
+
+def test_init_adds_the_worker_column_to_a_runs_table_made_before_it(database_url):
+    execute(database_url, "ALTER TABLE engine.reconciliation_runs DROP COLUMN worker")
+    with db.connect(database_url) as conn, \
+            db.transaction(conn, lock_timeout_ms=5000, statement_timeout_ms=30000) as cursor, \
+            pytest.raises(SchemaError, match=r"lacks column\(s\) worker"):
+        schema.check_schema(cursor)
+
+    schema.init_schema(database_url)
+
+    assert ("worker", "text", "YES") in columns(database_url, "reconciliation_runs")

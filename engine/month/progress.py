@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -17,8 +19,8 @@ from engine.store.schema import DEFAULT_SCHEMA, sql
 
 START_RUN = """
 INSERT INTO {engine}.reconciliation_runs (month, command, formula, dry_run, status, arguments, pid,
-    backfill_id)
-VALUES ($1, $2, $3, false, 'running', $4::jsonb, $5, $6) RETURNING id
+    backfill_id, worker)
+VALUES ($1, $2, $3, false, 'running', $4::jsonb, $5, $6, $7) RETURNING id
 """
 
 MARK_IN_PROGRESS = """
@@ -55,13 +57,19 @@ WHERE id = $1
 """
 
 
+def worker_name() -> str:
+    """Who runs a month: `host:pid/thread` (a `--jobs` thread is `backfill-N`)."""
+    return f"{socket.gethostname()}:{os.getpid()}/{threading.current_thread().name}"
+
+
 def start_run(cursor: db.Cursor, month: Month, command: str, formula: str,
               arguments: Mapping[str, Any], *, backfill_id: int | None = None,
               engine_schema: str = DEFAULT_SCHEMA) -> int:
-    """Insert a `running` run row (of backfill `backfill_id`, if any), mark the month
-    `in_progress`; return the run id."""
+    """Insert a `running` run row (of backfill `backfill_id`, if any) naming the worker that
+    runs it (`worker_name()`), mark the month `in_progress`; return the run id."""
     cursor.execute(sql(START_RUN, engine_schema),
-                   (str(month), command, formula, json.dumps(arguments), os.getpid(), backfill_id))
+                   (str(month), command, formula, json.dumps(arguments), os.getpid(), backfill_id,
+                    worker_name()))
     row = cursor.fetchone()
     assert row is not None
     run_id = int(row[0])

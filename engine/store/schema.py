@@ -57,7 +57,7 @@ REQUIRED_COLUMNS = {
     "bitcoin_difficulty": {"settlement_date", "difficulty"},
     # The engine's own tables, with the newest columns it writes (`engine db init` adds them).
     "reconciliation_runs": {"backfill_id", "causes", "repairs", "summaries", "undo_of", "undone_by",
-                            "snapshot"},
+                            "snapshot", "worker"},
     "reconciliation_progress": {"month", "source_records", "last_error_kind", "last_error_at",
                                 "retries"},
     "reconciliation_backfills": {"id", "throttle"},

@@ -180,6 +180,8 @@ ALTER TABLE {engine}.reconciliation_runs ADD COLUMN IF NOT EXISTS undo_of bigint
 ALTER TABLE {engine}.reconciliation_runs ADD COLUMN IF NOT EXISTS undone_by bigint;
 -- Which state of the database the month was computed from (per table: rows, days, Σ hash).
 ALTER TABLE {engine}.reconciliation_runs ADD COLUMN IF NOT EXISTS snapshot jsonb;
+-- Which process ran the month (host:pid/thread, or a cluster worker's address).
+ALTER TABLE {engine}.reconciliation_runs ADD COLUMN IF NOT EXISTS worker text;
 
 -- A run or a month stopped by a signal is `interrupted`, a month whose calculations changed
 -- after it was verified `regressed` (both added later): widen the status checks of tables
