@@ -1,5 +1,5 @@
 """Curtailment → bitcoin reconciliation engine."""
 
-from engine import resources
+from engine.store import resources
 
 resources.bound()

@@ -18,7 +18,7 @@ from typing import Any
 
 import polars as pl
 
-from engine import formula, resources
+from engine import formula
 from engine.errors import EngineError, InputError, Interrupted, PlanOutdated, SourceDataError, quoted
 from engine.month import diff, extract, fingerprints, progress, slices, summaries, verify
 from engine.month.examine import Examined
@@ -27,7 +27,7 @@ from engine.month.session import Session, month_lock
 from engine.month.write import SnapshotMoved, Written, row_counts, write_month
 from engine.months import Days, Month
 from engine.repairs import actions, causes, plans
-from engine.store import db
+from engine.store import db, resources
 from engine.store.paths import parts
 from engine.store.schema import CALCULATIONS
 

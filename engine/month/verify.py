@@ -30,9 +30,9 @@ from pathlib import Path
 import duckdb
 import polars as pl
 
-from engine import resources
 from engine.formula import KEY
 from engine.month.diff import Diff
+from engine.store import resources
 
 _K = ", ".join(KEY)
 
